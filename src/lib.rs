@@ -1,0 +1,26 @@
+//! cpuguard: drain GStreamer pipelines gracefully when CPU runs out.
+//!
+//! The pure parts (`load`, `policy`, `reason`) know nothing of GStreamer so the
+//! element, the coordinator and the supervisor share one tested core.
+
+pub mod cpuguard;
+pub mod load;
+pub mod policy;
+pub mod reason;
+pub mod tags;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    cpuguard::register(plugin)
+}
+
+gst::plugin_define!(
+    cpuguard,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

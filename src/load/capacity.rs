@@ -1,0 +1,186 @@
+//! How many CPUs the process may use: the tightest of its cgroup quota chain,
+//! its affinity mask and the online CPUs. Re-read on every sample because
+//! quotas and affinity change at run time (e.g. Kubernetes in-place resize).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::LoadError;
+use super::cgroup::{QuotaChain, QuotaLimit};
+use super::paths::{HostPaths, read_if_present, read_into};
+
+/// The files that bound capacity.
+pub(crate) struct Limits {
+    quota: Option<QuotaChain>,
+    /// `/proc/<pid>/status`, for `Cpus_allowed_list`. Read instead of
+    /// `sched_getaffinity` so that fixtures can fake it; the kernel fills it
+    /// from the same mask.
+    status: Option<PathBuf>,
+    online: PathBuf,
+    proc_stat: PathBuf,
+}
+
+/// Capacity as of the last read, with its parts for logs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Capacity {
+    pub cpus: f64,
+    pub quota: Option<QuotaLimit>,
+    pub affinity: Option<u32>,
+    pub online: u32,
+}
+
+impl Limits {
+    /// Online CPUs only: the whole-host view of the `system` source.
+    pub fn host(paths: &HostPaths) -> Self {
+        Self {
+            quota: None,
+            status: None,
+            online: paths.root.join("sys/devices/system/cpu/online"),
+            proc_stat: paths.proc_file("stat"),
+        }
+    }
+
+    /// What a process may use: quota chain (if its cgroup is known), affinity, online CPUs.
+    pub fn process(paths: &HostPaths, pid: i32, quota: Option<QuotaChain>) -> Self {
+        Self {
+            quota,
+            status: Some(paths.pid_file(pid, "status")),
+            ..Self::host(paths)
+        }
+    }
+
+    pub fn read(&self, buf: &mut String) -> Result<Capacity, LoadError> {
+        let quota = match &self.quota {
+            Some(chain) => chain.read(buf)?,
+            None => None,
+        };
+        let affinity = match &self.status {
+            Some(status) => {
+                read_into(status, buf)?;
+                Some(parse_affinity(buf).map_err(|d| LoadError::malformed(status, d))?)
+            }
+            None => None,
+        };
+        let online = if read_if_present(&self.online, buf)? {
+            count_cpu_list(buf.trim()).map_err(|d| LoadError::malformed(&self.online, d))?
+        } else {
+            // Containers sometimes hide /sys; /proc/stat lists online CPUs too.
+            read_into(&self.proc_stat, buf)?;
+            count_stat_cpus(buf).map_err(|d| LoadError::malformed(&self.proc_stat, d))?
+        };
+        let mut cpus = f64::from(online);
+        if let Some(affinity) = affinity {
+            cpus = cpus.min(f64::from(affinity));
+        }
+        if let Some(quota) = quota {
+            cpus = cpus.min(quota.cpus);
+        }
+        Ok(Capacity {
+            cpus,
+            quota,
+            affinity,
+            online,
+        })
+    }
+
+    /// `2.00 CPUs (quota 2.00 from <file>, affinity 4, online 8)`.
+    pub fn describe(&self, capacity: &Capacity) -> String {
+        let mut out = format!("{:.2} CPUs (", capacity.cpus);
+        match (&self.quota, capacity.quota) {
+            (Some(chain), Some(limit)) => {
+                let file = chain.file(&limit).map(|f| f.display().to_string());
+                let _ = write!(
+                    out,
+                    "quota {:.2} from {}, ",
+                    limit.cpus,
+                    file.as_deref().unwrap_or("?")
+                );
+            }
+            (Some(_), None) => out.push_str("no quota up to the cgroup mount root, "),
+            (None, _) => {}
+        }
+        if let Some(affinity) = capacity.affinity {
+            let _ = write!(out, "affinity {affinity}, ");
+        }
+        let _ = write!(out, "online {})", capacity.online);
+        out
+    }
+}
+
+/// `Cpus_allowed_list:\t0-3,6` in `/proc/<pid>/status`.
+fn parse_affinity(status: &str) -> Result<u32, String> {
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .ok_or("no Cpus_allowed_list line")?;
+    count_cpu_list(list.trim())
+}
+
+/// Counts a kernel CPU list such as `0-3,6` (4 + 1 = 5).
+fn count_cpu_list(list: &str) -> Result<u32, String> {
+    let mut count: u32 = 0;
+    for range in list.split(',') {
+        let range = range.trim();
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let (Ok(first), Ok(last)) = (first.parse::<u32>(), last.parse::<u32>()) else {
+            return Err(format!("bad CPU list {list:?}"));
+        };
+        let n = last
+            .checked_sub(first)
+            .and_then(|d| d.checked_add(1))
+            .ok_or_else(|| format!("bad range {range:?} in CPU list {list:?}"))?;
+        count = count
+            .checked_add(n)
+            .ok_or_else(|| format!("CPU list {list:?} too large"))?;
+    }
+    if count == 0 {
+        return Err(format!("no CPUs in {list:?}"));
+    }
+    Ok(count)
+}
+
+/// Counts the `cpuN` lines of `/proc/stat` (online CPUs only are listed).
+fn count_stat_cpus(stat: &str) -> Result<u32, String> {
+    let count = stat
+        .lines()
+        .filter(|line| {
+            line.strip_prefix("cpu")
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count();
+    match u32::try_from(count) {
+        Ok(0) | Err(_) => Err("no cpuN lines".to_owned()),
+        Ok(n) => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_cpu_lists() {
+        assert_eq!(count_cpu_list("0-1"), Ok(2));
+        assert_eq!(count_cpu_list("0-3,6"), Ok(5));
+        assert_eq!(count_cpu_list("5"), Ok(1));
+        assert_eq!(count_cpu_list("0,2,4-7"), Ok(6));
+        assert!(count_cpu_list("").is_err());
+        assert!(count_cpu_list("3-1").is_err());
+        assert!(count_cpu_list("a-b").is_err());
+        assert!(count_cpu_list("0-4294967295").is_err());
+    }
+
+    #[test]
+    fn reads_affinity_from_status() {
+        let status = "Name:\tx\nCpus_allowed:\t3\nCpus_allowed_list:\t0-1\nMems_allowed:\t1\n";
+        assert_eq!(parse_affinity(status), Ok(2));
+        assert!(parse_affinity("Name:\tx\n").is_err());
+    }
+
+    #[test]
+    fn counts_cpus_in_proc_stat() {
+        let stat = "cpu  1 2 3 4\ncpu0 1 1 1 1\ncpu1 1 1 1 1\nintr 5\nctxt 6\n";
+        assert_eq!(count_stat_cpus(stat), Ok(2));
+        assert!(count_stat_cpus("cpu  1 2 3 4\n").is_err());
+    }
+}

@@ -1,0 +1,462 @@
+//! CPU load measurement, without GStreamer.
+//!
+//! A [`LoadMeter`] follows one cumulative counter (process CPU time, cgroup
+//! usage, host busy time or PSI stall time) and turns the difference between
+//! two reads into a load where 1.0 means "all the CPU we may use".
+//!
+//! Two failures of the system this is modelled on shape the code: a window in
+//! which nothing could be measured must be an error, never a load of 0 (a
+//! saturated host read 0), and a host whose cgroup cannot be found must not
+//! silently be measured as a whole (hybrid cgroup hosts).
+
+mod capacity;
+mod cgroup;
+mod error;
+mod mountinfo;
+mod paths;
+mod proc_stat;
+mod process;
+mod psi;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use capacity::{Capacity, Limits};
+use cgroup::{Cgroups, CpuCgroup, UsageFile};
+
+pub use error::LoadError;
+pub use paths::HostPaths;
+pub use process::{process_cpu_seconds, thread_cpu_seconds};
+
+/// Which counter a [`LoadMeter`] follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LoadSourceKind {
+    /// `Cgroup` when the process is in a CPU-limited cgroup, else `System`.
+    Auto,
+    /// This process's CPU time over its capacity.
+    Process,
+    /// The process's cgroup usage over its capacity.
+    Cgroup,
+    /// Whole-host busy share from `/proc/stat`.
+    System,
+    /// Share of wall time in which some task waited for CPU.
+    Psi,
+}
+
+impl LoadSourceKind {
+    pub const ALL: [Self; 5] = [
+        Self::Auto,
+        Self::Process,
+        Self::Cgroup,
+        Self::System,
+        Self::Psi,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Process => "process",
+            Self::Cgroup => "cgroup",
+            Self::System => "system",
+            Self::Psi => "psi",
+        }
+    }
+}
+
+impl fmt::Display for LoadSourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LoadSourceKind {
+    type Err = LoadError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim();
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str().eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| LoadError::UnknownSource {
+                value: s.to_owned(),
+            })
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoadSample {
+    /// Share of `capacity` used over the window; 1.0 (or a bit more) is saturation.
+    pub load: f64,
+    /// CPUs available to the process (for `system`: online CPUs).
+    pub capacity: f64,
+    /// The resolved source, never `Auto`.
+    pub source: LoadSourceKind,
+}
+
+/// Follows one load counter between samples.
+pub struct LoadMeter {
+    source: LoadSourceKind,
+    counter: Counter,
+    limits: Limits,
+    baseline: Option<Baseline>,
+    capacity: Capacity,
+    description: String,
+    /// Reused for every file read.
+    buf: String,
+}
+
+impl fmt::Debug for LoadMeter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadMeter")
+            .field("source", &self.source)
+            .field("description", &self.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadMeter {
+    /// Resolves `Auto`, locates files, reads the first baseline. Errors if the
+    /// chosen source is unavailable.
+    pub fn new(kind: LoadSourceKind, paths: &HostPaths, pid: i32) -> Result<Self, LoadError> {
+        Self::new_at(kind, paths, pid, Instant::now())
+    }
+
+    /// [`LoadMeter::new`] with the baseline's wall time given by the caller.
+    pub fn new_at(
+        kind: LoadSourceKind,
+        paths: &HostPaths,
+        pid: i32,
+        now: Instant,
+    ) -> Result<Self, LoadError> {
+        let mut buf = String::new();
+        let (cgroups, cpu_cgroup) = match Cgroups::read(paths, pid) {
+            Ok(cgroups) => {
+                let cpu_cgroup = CpuCgroup::locate(paths, &cgroups);
+                (Some(cgroups), cpu_cgroup)
+            }
+            Err(err) => (None, Err(err)),
+        };
+        let (source, why) = match kind {
+            LoadSourceKind::Auto => {
+                let (source, why) = choose_auto(&cpu_cgroup, &mut buf)?;
+                (source, Some(why))
+            }
+            other => (other, None),
+        };
+        let (counter, what) = match source {
+            LoadSourceKind::Process => {
+                let stat = paths.pid_file(pid, "stat");
+                let what = format!("CPU time of pid {pid} from {}", stat.display());
+                let counter = Counter::Process {
+                    stat,
+                    ticks_per_second: process::ticks_per_second()?,
+                };
+                (counter, what)
+            }
+            LoadSourceKind::Cgroup => {
+                let cpu_cgroup = cpu_cgroup?;
+                let what = cpu_cgroup.describe();
+                let CpuCgroup { quota, usage, .. } = cpu_cgroup;
+                let usage = usage?;
+                let what = format!("usage of {what} from {}", usage.path.display());
+                let limits = Limits::process(paths, pid, Some(quota));
+                return Self::start(source, Counter::Cgroup(usage), limits, what, why, buf, now);
+            }
+            LoadSourceKind::Psi => {
+                let pressure = psi::locate(paths, cgroups.as_ref())?;
+                let what = format!("`some` stall time from {}", pressure.display());
+                (Counter::Psi { pressure }, what)
+            }
+            LoadSourceKind::System | LoadSourceKind::Auto => {
+                let stat = paths.proc_file("stat");
+                let what = format!("host busy/idle time from {}", stat.display());
+                let limits = Limits::host(paths);
+                let counter = Counter::System { stat };
+                return Self::start(source, counter, limits, what, why, buf, now);
+            }
+        };
+        // Process and psi: capacity still honours the cgroup quota when known.
+        let (quota, what) = match cpu_cgroup {
+            Ok(cpu_cgroup) => {
+                let what = format!("{what}; quota chain of {}", cpu_cgroup.describe());
+                (Some(cpu_cgroup.quota), what)
+            }
+            Err(err) => (None, format!("{what}; no cgroup quota known ({err})")),
+        };
+        let limits = Limits::process(paths, pid, quota);
+        Self::start(source, counter, limits, what, why, buf, now)
+    }
+
+    fn start(
+        source: LoadSourceKind,
+        counter: Counter,
+        limits: Limits,
+        what: String,
+        why: Option<String>,
+        mut buf: String,
+        now: Instant,
+    ) -> Result<Self, LoadError> {
+        let counts = counter.read(&mut buf).map_err(|err| match counter {
+            Counter::Psi { .. } => psi::unavailable(err),
+            _ => err,
+        })?;
+        let capacity = limits.read(&mut buf)?;
+        let description = match why {
+            Some(why) => format!("source={source} ({why}): {what}"),
+            None => format!("source={source}: {what}"),
+        };
+        Ok(Self {
+            source,
+            counter,
+            limits,
+            baseline: Some(Baseline { at: now, counts }),
+            capacity,
+            description,
+            buf,
+        })
+    }
+
+    /// The resolved source, never `Auto`.
+    pub fn source(&self) -> LoadSourceKind {
+        self.source
+    }
+
+    /// CPUs available, as of the last read.
+    pub fn capacity(&self) -> f64 {
+        self.capacity.cpus
+    }
+
+    /// One line for logs: source, files, capacity and, for `Auto`, why.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}; capacity {}",
+            self.description,
+            self.limits.describe(&self.capacity)
+        )
+    }
+
+    /// Reads the counters at `now` and returns the load since the previous
+    /// successful read.
+    ///
+    /// Errors are warnings for the caller and never stand in for a load: a
+    /// counter that went backwards re-baselines; an unreadable or malformed
+    /// file drops the baseline (the next successful read takes a new one and
+    /// reports [`LoadError::Rebaselined`]); a window with no elapsed time, or
+    /// (for `process`) shorter than 10 clock ticks, keeps the previous baseline
+    /// so the next call measures a longer window.
+    pub fn sample(&mut self, now: Instant) -> Result<LoadSample, LoadError> {
+        let counts = match self.counter.read(&mut self.buf) {
+            Ok(counts) => counts,
+            Err(err) => {
+                self.baseline = None;
+                return Err(err);
+            }
+        };
+        let fresh = Baseline { at: now, counts };
+        let Some(base) = self.baseline else {
+            self.baseline = Some(fresh);
+            return Err(LoadError::Rebaselined {
+                path: self.counter.path().to_owned(),
+            });
+        };
+        let delta = match self.counter.delta(base.counts, counts) {
+            Ok(delta) => delta,
+            Err(err) => {
+                self.baseline = Some(fresh);
+                return Err(err);
+            }
+        };
+        let wall = now.saturating_duration_since(base.at);
+        if wall.is_zero() {
+            return Err(self.no_time_elapsed());
+        }
+        let min = self.counter.min_window();
+        if wall < min {
+            return Err(LoadError::WindowTooShort {
+                path: self.counter.path().to_owned(),
+                elapsed: wall,
+                min,
+            });
+        }
+        let capacity = match self.limits.read(&mut self.buf) {
+            Ok(capacity) => capacity,
+            Err(err) => {
+                self.baseline = Some(fresh);
+                return Err(err);
+            }
+        };
+        self.capacity = capacity;
+        let load = self
+            .counter
+            .load(delta, wall, capacity.cpus)
+            .ok_or_else(|| self.no_time_elapsed())?;
+        self.baseline = Some(fresh);
+        Ok(LoadSample {
+            load,
+            capacity: capacity.cpus,
+            source: self.source,
+        })
+    }
+
+    fn no_time_elapsed(&self) -> LoadError {
+        LoadError::NoTimeElapsed {
+            path: self.counter.path().to_owned(),
+        }
+    }
+}
+
+/// `Cgroup` when a quota limits the process, else `System`; with the reason.
+fn choose_auto(
+    cpu_cgroup: &Result<CpuCgroup, LoadError>,
+    buf: &mut String,
+) -> Result<(LoadSourceKind, String), LoadError> {
+    let cpu_cgroup = match cpu_cgroup {
+        Ok(cpu_cgroup) => cpu_cgroup,
+        Err(err) => {
+            return Ok((
+                LoadSourceKind::System,
+                format!("auto: no CPU cgroup to follow: {err}"),
+            ));
+        }
+    };
+    let what = cpu_cgroup.describe();
+    Ok(match (cpu_cgroup.quota.read(buf)?, &cpu_cgroup.usage) {
+        (None, _) => (
+            LoadSourceKind::System,
+            format!("auto: {what} has no CPU quota up to the mount root"),
+        ),
+        (Some(limit), Ok(_)) => (
+            LoadSourceKind::Cgroup,
+            format!("auto: {what} is limited to {:.2} CPUs", limit.cpus),
+        ),
+        // Host figures would hide throttling by the quota: measure our own
+        // CPU time against it instead.
+        (Some(limit), Err(err)) => (
+            LoadSourceKind::Process,
+            format!(
+                "auto: {what} is limited to {:.2} CPUs but its usage is unreadable ({err})",
+                limit.cpus
+            ),
+        ),
+    })
+}
+
+/// Cumulative counters. `idle` is only used by the `system` source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counts {
+    used: u64,
+    idle: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    at: Instant,
+    counts: Counts,
+}
+
+enum Counter {
+    /// utime+stime in clock ticks.
+    Process {
+        stat: PathBuf,
+        ticks_per_second: f64,
+    },
+    /// cgroup usage in the file's unit.
+    Cgroup(UsageFile),
+    /// Host busy and idle jiffies.
+    System { stat: PathBuf },
+    /// `some` stall time in µs.
+    Psi { pressure: PathBuf },
+}
+
+/// Ticks at which a process window is resolved to about ±10-20 %: utime and
+/// stime are each truncated to whole ticks, so shorter windows can read far
+/// above the truth and trigger a false drain.
+const MIN_PROCESS_TICKS: f64 = 10.0;
+
+impl Counter {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Process { stat, .. } | Self::System { stat } => stat,
+            Self::Cgroup(usage) => &usage.path,
+            Self::Psi { pressure } => pressure,
+        }
+    }
+
+    fn read(&self, buf: &mut String) -> Result<Counts, LoadError> {
+        let used = match self {
+            Self::Process { stat, .. } => process::read_cpu_ticks(stat, buf)?,
+            Self::Cgroup(usage) => usage.read(buf)?,
+            Self::System { stat } => {
+                paths::read_into(stat, buf)?;
+                let times =
+                    proc_stat::parse_cpu_times(buf).map_err(|d| LoadError::malformed(stat, d))?;
+                return Ok(Counts {
+                    used: times.busy,
+                    idle: times.idle,
+                });
+            }
+            Self::Psi { pressure } => {
+                paths::read_into(pressure, buf)?;
+                psi::parse_some_total(buf).map_err(|d| LoadError::malformed(pressure, d))?
+            }
+        };
+        Ok(Counts { used, idle: 0 })
+    }
+
+    fn delta(&self, old: Counts, new: Counts) -> Result<Counts, LoadError> {
+        let backwards = |old: u64, new: u64| LoadError::CounterWentBackwards {
+            path: self.path().to_owned(),
+            old,
+            new,
+        };
+        Ok(Counts {
+            used: new
+                .used
+                .checked_sub(old.used)
+                .ok_or_else(|| backwards(old.used, new.used))?,
+            idle: new
+                .idle
+                .checked_sub(old.idle)
+                .ok_or_else(|| backwards(old.idle, new.idle))?,
+        })
+    }
+
+    fn min_window(&self) -> Duration {
+        match self {
+            Self::Process {
+                ticks_per_second, ..
+            } => Duration::try_from_secs_f64(MIN_PROCESS_TICKS / ticks_per_second)
+                .unwrap_or(Duration::ZERO),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// `None` when a denominator is zero: nothing was measured, which must not
+    /// read as an idle 0.
+    fn load(&self, delta: Counts, wall: Duration, capacity: f64) -> Option<f64> {
+        let share = |used: u64, units_per_second: f64| {
+            used as f64 / units_per_second / (wall.as_secs_f64() * capacity)
+        };
+        let load = match self {
+            Self::Process {
+                ticks_per_second, ..
+            } => share(delta.used, *ticks_per_second),
+            Self::Cgroup(usage) => share(delta.used, usage.units_per_second()),
+            Self::System { .. } => {
+                let total = delta.used.checked_add(delta.idle)?;
+                if total == 0 {
+                    return None;
+                }
+                delta.used as f64 / total as f64
+            }
+            Self::Psi { .. } => psi::share(delta.used, wall.as_secs_f64() * 1e6),
+        };
+        (load.is_finite() && load >= 0.0).then_some(load)
+    }
+}

@@ -1,0 +1,96 @@
+//! Process and thread CPU time from `/proc/<pid>/stat` and
+//! `/proc/<pid>/task/<tid>/stat`.
+
+use std::path::Path;
+
+use super::LoadError;
+use super::paths::{HostPaths, read_into};
+
+/// utime+stime of `/proc/<pid>/stat` (all threads, reaped children excluded), in seconds.
+pub fn process_cpu_seconds(paths: &HostPaths, pid: i32) -> Result<f64, LoadError> {
+    cpu_seconds(&paths.pid_file(pid, "stat"))
+}
+
+/// utime+stime of one thread, `/proc/<pid>/task/<tid>/stat`, in seconds.
+pub fn thread_cpu_seconds(paths: &HostPaths, pid: i32, tid: i32) -> Result<f64, LoadError> {
+    cpu_seconds(&paths.task_file(pid, tid, "stat"))
+}
+
+fn cpu_seconds(path: &Path) -> Result<f64, LoadError> {
+    let mut buf = String::new();
+    let ticks = read_cpu_ticks(path, &mut buf)?;
+    Ok(ticks as f64 / ticks_per_second()?)
+}
+
+/// utime+stime in clock ticks.
+pub(crate) fn read_cpu_ticks(path: &Path, buf: &mut String) -> Result<u64, LoadError> {
+    read_into(path, buf)?;
+    parse_cpu_ticks(buf).map_err(|d| LoadError::malformed(path, d))
+}
+
+/// Clock ticks per second as a divisor: dividing (rather than multiplying by
+/// its inverse) keeps whole-second amounts exact, so saturation reads 1.0.
+pub(crate) fn ticks_per_second() -> Result<f64, LoadError> {
+    match procfs::ticks_per_second() {
+        0 => Err(LoadError::malformed(
+            Path::new("sysconf(_SC_CLK_TCK)"),
+            "0 clock ticks per second",
+        )),
+        ticks => Ok(ticks as f64),
+    }
+}
+
+/// Fields 14 and 15 (utime, stime). The command name (field 2) is in
+/// parentheses and may hold spaces and `)`, so fields are counted from the
+/// last `)`.
+pub(crate) fn parse_cpu_ticks(stat: &str) -> Result<u64, String> {
+    let (_, after_comm) = stat
+        .rsplit_once(')')
+        .ok_or("no `)` after the command name")?;
+    // after_comm starts at field 3 (state): utime is the 12th field from there.
+    let mut fields = after_comm.split_whitespace().skip(11);
+    let (Some(utime), Some(stime)) = (fields.next(), fields.next()) else {
+        return Err("fewer than 15 fields".to_owned());
+    };
+    let parse = |name: &str, text: &str| {
+        text.parse::<u64>()
+            .map_err(|_| format!("bad {name} {text:?}"))
+    };
+    parse("utime", utime)?
+        .checked_add(parse("stime", stime)?)
+        .ok_or_else(|| "utime + stime overflows".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STAT: &str = "4242 (gst (launch) 1) R 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 4 0 12345 1000 200\n";
+
+    #[test]
+    fn sums_utime_and_stime() {
+        assert_eq!(parse_cpu_ticks(STAT), Ok(300));
+    }
+
+    #[test]
+    fn malformed_stat_is_an_error() {
+        assert!(parse_cpu_ticks("").is_err());
+        assert!(parse_cpu_ticks("4242 (x) R 1 2 3").is_err());
+        assert!(parse_cpu_ticks(&STAT.replace(" 250 ", " -5 ")).is_err());
+        let max = u64::MAX;
+        assert!(parse_cpu_ticks(&STAT.replace(" 250 50 ", &format!(" {max} 1 "))).is_err());
+    }
+
+    #[test]
+    fn own_thread_and_process_times_are_readable() {
+        let paths = HostPaths::system();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        assert!(process_cpu_seconds(&paths, pid).unwrap() >= 0.0);
+        assert!(thread_cpu_seconds(&paths, pid, pid).unwrap() >= 0.0);
+        let err = process_cpu_seconds(&HostPaths::under("/nonexistent"), 1).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/proc/1/stat"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,708 @@
+//! LoadMeter against fixture hosts (`tests/fixtures/hosts/<name>/`) and the real machine.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::*;
+
+const PID: i32 = 4242;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hosts")
+        .join(name)
+}
+
+/// A writable copy of a fixture host, so tests can move counters.
+struct Host {
+    dir: TempDir,
+    paths: HostPaths,
+}
+
+impl Host {
+    fn copy(name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        copy_tree(&fixture(name), dir.path());
+        let paths = HostPaths::under(dir.path());
+        Self { dir, paths }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn write(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn remove(&self, rel: &str) {
+        fs::remove_file(self.path(rel)).unwrap();
+    }
+
+    fn meter(&self, kind: LoadSourceKind, t0: Instant) -> LoadMeter {
+        LoadMeter::new_at(kind, &self.paths, PID, t0)
+            .unwrap_or_else(|err| panic!("{kind} meter: {err}"))
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn fixture_meter(name: &str, kind: LoadSourceKind) -> LoadMeter {
+    LoadMeter::new_at(kind, &HostPaths::under(fixture(name)), PID, Instant::now())
+        .unwrap_or_else(|err| panic!("{name} {kind} meter: {err}"))
+}
+
+fn fixture_error(name: &str, kind: LoadSourceKind) -> String {
+    LoadMeter::new_at(kind, &HostPaths::under(fixture(name)), PID, Instant::now())
+        .map(|m| m.describe())
+        .expect_err("meter should not start")
+        .to_string()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn assert_close(actual: f64, expected: f64) {
+    assert!(
+        (actual - expected).abs() < 1e-9,
+        "load {actual}, expected {expected}"
+    );
+}
+
+const V2_USAGE: &str = "sys/fs/cgroup/system.slice/app.service/cpu.stat";
+const V2_MAX: &str = "sys/fs/cgroup/system.slice/app.service/cpu.max";
+const V1_USAGE: &str = "sys/fs/cgroup/cpuacct/job/cpuacct.usage";
+
+fn usage_usec(value: u64) -> String {
+    format!("usage_usec {value}\nuser_usec 0\nsystem_usec 0\n")
+}
+
+/// The fixtures' /proc/<pid>/stat with utime and stime replaced.
+fn pid_stat(utime: u64, stime: u64) -> String {
+    format!(
+        "4242 (gst (launch) 1) R 1 4242 4242 0 -1 4194304 100 0 0 0 {utime} {stime} 0 0 20 0 4 0 12345 1000 200\n"
+    )
+}
+
+// ---------------------------------------------------------------- kinds
+
+#[test]
+fn source_kinds_round_trip_through_strings() {
+    for kind in LoadSourceKind::ALL {
+        assert_eq!(kind.as_str().parse::<LoadSourceKind>().unwrap(), kind);
+        assert_eq!(kind.to_string(), kind.as_str());
+    }
+    assert_eq!(
+        " PSI ".parse::<LoadSourceKind>().unwrap(),
+        LoadSourceKind::Psi
+    );
+    let err = "cpu".parse::<LoadSourceKind>().unwrap_err().to_string();
+    assert!(err.contains("\"cpu\""), "{err}");
+    assert!(err.contains("auto, process, cgroup, system, psi"), "{err}");
+}
+
+#[test]
+fn meter_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<LoadMeter>();
+}
+
+// ---------------------------------------------------------------- cgroup v2
+
+#[test]
+fn v2_cgroup_load_is_usage_over_wall_times_quota() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    assert_eq!(meter.source(), LoadSourceKind::Cgroup);
+    assert_eq!(meter.capacity(), 1.5);
+
+    // 0.75 CPU-seconds in 1 s against 1.5 CPUs.
+    host.write(V2_USAGE, &usage_usec(5_000_000 + 750_000));
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_eq!(sample.source, LoadSourceKind::Cgroup);
+    assert_eq!(sample.capacity, 1.5);
+    assert_close(sample.load, 0.5);
+
+    // Whole quota used for 2 s: saturated, must not read below 1.
+    host.write(V2_USAGE, &usage_usec(5_750_000 + 3_000_000));
+    let sample = meter.sample(t0 + secs(3)).unwrap();
+    assert!(sample.load >= 1.0, "saturated load read {}", sample.load);
+    assert_close(sample.load, 1.0);
+
+    let describe = meter.describe();
+    assert!(describe.contains("source=cgroup"), "{describe}");
+    assert!(
+        describe.contains("cgroup v2 /system.slice/app.service"),
+        "{describe}"
+    );
+    assert!(describe.contains("app.service/cpu.stat"), "{describe}");
+    assert!(describe.contains("capacity 1.50 CPUs"), "{describe}");
+    assert!(describe.contains("app.service/cpu.max"), "{describe}");
+}
+
+#[test]
+fn parent_quota_tighter_than_leaf_wins() {
+    let meter = fixture_meter("nested-quota", LoadSourceKind::Cgroup);
+    // ctr 1.5, pod1 0.5, affinity 4, online 8.
+    assert_eq!(meter.capacity(), 0.5);
+    let describe = meter.describe();
+    assert!(describe.contains("pod1/cpu.max"), "{describe}");
+    assert!(describe.contains("affinity 4, online 8"), "{describe}");
+}
+
+#[test]
+fn unlimited_max_leaves_affinity_and_online() {
+    let host = Host::copy("v2");
+    host.write(V2_MAX, "max 100000\n");
+    host.write("proc/4242/status", "Name:\tx\nCpus_allowed_list:\t0-1\n");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    assert_eq!(meter.capacity(), 2.0);
+
+    host.write("sys/devices/system/cpu/online", "0\n");
+    host.write(V2_USAGE, &usage_usec(5_000_000 + 500_000));
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_eq!(sample.capacity, 1.0);
+    assert_close(sample.load, 0.5);
+}
+
+#[test]
+fn quota_change_between_samples_is_picked_up() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    assert_eq!(meter.capacity(), 1.5);
+
+    host.write(V2_MAX, "100000 100000\n");
+    host.write(V2_USAGE, &usage_usec(5_000_000 + 1_000_000));
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_eq!(sample.capacity, 1.0);
+    assert_eq!(meter.capacity(), 1.0);
+    assert_close(sample.load, 1.0);
+}
+
+// ---------------------------------------------------------------- cgroup v1
+
+#[test]
+fn v1_split_reads_cpuacct_against_cpu_quota() {
+    let host = Host::copy("v1-split");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    assert_eq!(meter.capacity(), 0.5);
+
+    host.write(V1_USAGE, "2250000000\n");
+    assert_close(meter.sample(t0 + secs(1)).unwrap().load, 0.5);
+
+    // A throttled cgroup using its whole 0.5 CPU quota reads ~1.0, not 0.
+    host.write(V1_USAGE, "2750000000\n");
+    let sample = meter.sample(t0 + secs(2)).unwrap();
+    assert!(sample.load >= 1.0, "saturated load read {}", sample.load);
+    assert_close(sample.load, 1.0);
+
+    let describe = meter.describe();
+    assert!(describe.contains("cgroup v1 /job"), "{describe}");
+    assert!(describe.contains("cpuacct/job/cpuacct.usage"), "{describe}");
+    assert!(describe.contains("cpu/job/cpu.cfs_quota_us"), "{describe}");
+}
+
+#[test]
+fn v1_joint_mount_strips_the_mount_root_prefix() {
+    let host = Host::copy("v1-joint");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    // Leaf quota -1, mount root 2 CPUs, affinity "0-2,5" = 4, online 8.
+    assert_eq!(meter.capacity(), 2.0);
+    let describe = meter.describe();
+    assert!(
+        describe.contains("cgroup v1 /docker/abc123/worker"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("cpu,cpuacct/worker/cpuacct.usage"),
+        "{describe}"
+    );
+
+    host.write(
+        "sys/fs/cgroup/cpu,cpuacct/worker/cpuacct.usage",
+        "2000000000\n",
+    );
+    assert_close(meter.sample(t0 + secs(2)).unwrap().load, 0.25);
+}
+
+#[test]
+fn hybrid_host_uses_v1_cpu_not_the_unified_hierarchy() {
+    let host = Host::copy("hybrid");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    assert_eq!(meter.capacity(), 2.0);
+    let describe = meter.describe();
+    assert!(describe.contains("cgroup v1 /user.slice"), "{describe}");
+    assert!(
+        describe.contains("no quota up to the cgroup mount root"),
+        "{describe}"
+    );
+
+    host.write(
+        "sys/fs/cgroup/cpuacct/user.slice/cpuacct.usage",
+        "4000000000\n",
+    );
+    assert_close(meter.sample(t0 + secs(1)).unwrap().load, 0.5);
+}
+
+#[test]
+fn minus_one_quota_everywhere_means_unlimited() {
+    let host = Host::copy("v1-split");
+    host.write("sys/fs/cgroup/cpu/job/cpu.cfs_quota_us", "-1\n");
+    let meter = host.meter(LoadSourceKind::Cgroup, Instant::now());
+    assert_eq!(meter.capacity(), 2.0);
+    let auto = host.meter(LoadSourceKind::Auto, Instant::now());
+    assert_eq!(auto.source(), LoadSourceKind::System);
+}
+
+#[test]
+fn no_cpu_controller_is_a_clear_error() {
+    let err = fixture_error("no-cgroup", LoadSourceKind::Cgroup);
+    assert!(
+        err.starts_with("no cpu controller found for pid 4242 in "),
+        "{err}"
+    );
+    assert!(err.ends_with("no-cgroup/proc/4242/cgroup"), "{err}");
+}
+
+#[test]
+fn vanished_cgroup_directory_is_an_error() {
+    let host = Host::copy("v1-split");
+    fs::remove_dir_all(host.path("sys/fs/cgroup/cpu/job")).unwrap();
+    let err = LoadMeter::new_at(LoadSourceKind::Cgroup, &host.paths, PID, Instant::now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cgroup /job of pid 4242 not found at "),
+        "{err}"
+    );
+    assert!(err.contains("sys/fs/cgroup/cpu/job"), "{err}");
+}
+
+#[test]
+fn cgroup_outside_the_mount_root_is_an_error() {
+    let host = Host::copy("v1-joint");
+    host.write("proc/4242/cgroup", "5:cpu,cpuacct:/docker/other/worker\n");
+    let err = LoadMeter::new_at(LoadSourceKind::Cgroup, &host.paths, PID, Instant::now())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cgroup /docker/other/worker of pid 4242"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- auto
+
+#[test]
+fn auto_picks_cgroup_when_a_quota_limits_the_process() {
+    for name in ["v2", "v1-split", "v1-joint", "nested-quota"] {
+        let meter = fixture_meter(name, LoadSourceKind::Auto);
+        assert_eq!(meter.source(), LoadSourceKind::Cgroup, "{name}");
+        let describe = meter.describe();
+        assert!(describe.contains("source=cgroup (auto: "), "{describe}");
+        assert!(describe.contains("is limited to"), "{describe}");
+    }
+}
+
+#[test]
+fn auto_picks_system_without_a_quota_and_says_why() {
+    let meter = fixture_meter("hybrid", LoadSourceKind::Auto);
+    assert_eq!(meter.source(), LoadSourceKind::System);
+    assert_eq!(meter.capacity(), 2.0);
+    let describe = meter.describe();
+    assert!(describe.contains("source=system (auto: "), "{describe}");
+    assert!(describe.contains("has no CPU quota"), "{describe}");
+
+    let meter = fixture_meter("no-cgroup", LoadSourceKind::Auto);
+    assert_eq!(meter.source(), LoadSourceKind::System);
+    let describe = meter.describe();
+    assert!(describe.contains("no CPU cgroup to follow"), "{describe}");
+    assert!(describe.contains("no cpu controller found"), "{describe}");
+}
+
+#[test]
+fn auto_measures_the_process_when_quota_has_no_usage_counter() {
+    let host = Host::copy("v1-split");
+    let mountinfo = fs::read_to_string(host.path("proc/4242/mountinfo")).unwrap();
+    let without_cpuacct: String = mountinfo
+        .lines()
+        .filter(|l| !l.ends_with("rw,cpuacct"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    host.write("proc/4242/mountinfo", &without_cpuacct);
+
+    let meter = host.meter(LoadSourceKind::Auto, Instant::now());
+    assert_eq!(meter.source(), LoadSourceKind::Process);
+    assert_eq!(meter.capacity(), 0.5);
+    let describe = meter.describe();
+    assert!(describe.contains("no cpuacct hierarchy"), "{describe}");
+
+    let err = LoadMeter::new_at(LoadSourceKind::Cgroup, &host.paths, PID, Instant::now())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no cpuacct hierarchy mounted"), "{err}");
+}
+
+// ---------------------------------------------------------------- process
+
+#[test]
+fn process_load_is_cpu_time_over_wall_times_capacity() {
+    let host = Host::copy("v2");
+    let tps = procfs::ticks_per_second();
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Process, t0);
+    assert_eq!(meter.source(), LoadSourceKind::Process);
+    // The quota bounds the process too.
+    assert_eq!(meter.capacity(), 1.5);
+
+    // 0.75 s of CPU (in ticks) over 1 s, 1.5 CPUs.
+    let delta = tps * 3 / 4;
+    host.write("proc/4242/stat", &pid_stat(250 + delta, 50));
+    let expected = delta as f64 / tps as f64 / 1.5;
+    assert_close(meter.sample(t0 + secs(1)).unwrap().load, expected);
+
+    // Saturation: 1.5 CPU-seconds per second.
+    let delta2 = tps * 3 / 2;
+    host.write("proc/4242/stat", &pid_stat(250 + delta, 50 + delta2));
+    let sample = meter.sample(t0 + secs(2)).unwrap();
+    assert_close(sample.load, delta2 as f64 / tps as f64 / 1.5);
+    if tps.is_multiple_of(2) {
+        assert!(sample.load >= 1.0, "saturated load read {}", sample.load);
+    }
+    assert!(meter.describe().contains("CPU time of pid 4242"));
+}
+
+#[test]
+fn process_window_shorter_than_ten_ticks_is_refused() {
+    let host = Host::copy("v2");
+    let tps = procfs::ticks_per_second();
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Process, t0);
+    host.write("proc/4242/stat", &pid_stat(251, 50));
+    let short = Duration::from_secs_f64(5.0 / tps as f64);
+    let err = meter.sample(t0 + short).unwrap_err();
+    assert!(matches!(err, LoadError::WindowTooShort { .. }), "{err}");
+    assert!(err.to_string().contains("proc/4242/stat"), "{err}");
+
+    // The baseline was kept: the next window spans from t0.
+    host.write("proc/4242/stat", &pid_stat(250 + tps, 50));
+    assert_close(meter.sample(t0 + secs(2)).unwrap().load, 1.0 / 2.0 / 1.5);
+}
+
+#[test]
+fn process_and_thread_cpu_seconds_read_fixtures() {
+    let tps = procfs::ticks_per_second() as f64;
+    let paths = HostPaths::under(fixture("v2"));
+    assert_close(process_cpu_seconds(&paths, PID).unwrap(), 300.0 / tps);
+    assert_close(thread_cpu_seconds(&paths, PID, 4243).unwrap(), 100.0 / tps);
+    let err = thread_cpu_seconds(&paths, PID, 9999)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("proc/4242/task/9999/stat"), "{err}");
+}
+
+// ---------------------------------------------------------------- system
+
+#[test]
+fn system_load_is_busy_share_without_guest() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::System, t0);
+    // Capacity is the online CPUs, whatever the quota.
+    assert_eq!(meter.capacity(), 4.0);
+
+    // busy 1800 -> 2000, idle 8200 -> 8300; guest +100 is inside user already.
+    host.write(
+        "proc/stat",
+        "cpu  1100 100 550 8100 200 60 60 130 400 0\ncpu0 1 1 1 1\n",
+    );
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_eq!(sample.source, LoadSourceKind::System);
+    assert_eq!(sample.capacity, 4.0);
+    assert_close(sample.load, 200.0 / 300.0);
+
+    // Fully busy host: no idle at all reads 1.0, not 0.
+    host.write(
+        "proc/stat",
+        "cpu  1500 100 550 8100 200 60 60 130 400 0\ncpu0 1 1 1 1\n",
+    );
+    let sample = meter.sample(t0 + secs(2)).unwrap();
+    assert_eq!(sample.load, 1.0);
+}
+
+#[test]
+fn online_cpus_fall_back_to_proc_stat() {
+    // no-cgroup has no sys/devices/system/cpu/online and three cpuN lines.
+    let meter = fixture_meter("no-cgroup", LoadSourceKind::System);
+    assert_eq!(meter.capacity(), 3.0);
+    assert!(meter.describe().contains("online 3"));
+}
+
+#[test]
+fn unchanged_proc_stat_is_no_time_elapsed_not_zero() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::System, t0);
+    let err = meter.sample(t0 + secs(1)).unwrap_err();
+    assert!(matches!(err, LoadError::NoTimeElapsed { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.starts_with("no time elapsed"), "{message}");
+    assert!(message.contains("proc/stat"), "{message}");
+}
+
+// ---------------------------------------------------------------- psi
+
+#[test]
+fn psi_follows_the_cgroup_pressure_file_on_v2() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Psi, t0);
+    assert_eq!(meter.source(), LoadSourceKind::Psi);
+    assert_eq!(meter.capacity(), 1.5);
+    assert!(meter.describe().contains("app.service/cpu.pressure"));
+
+    host.write(
+        "sys/fs/cgroup/system.slice/app.service/cpu.pressure",
+        "some avg10=1.00 avg60=0.50 avg300=0.10 total=450000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1000\n",
+    );
+    assert_close(meter.sample(t0 + secs(1)).unwrap().load, 0.25);
+}
+
+#[test]
+fn psi_follows_the_unified_cgroup_on_hybrid_hosts() {
+    let meter = fixture_meter("hybrid", LoadSourceKind::Psi);
+    let describe = meter.describe();
+    assert!(
+        describe.contains("unified/user.slice/session-1.scope/cpu.pressure"),
+        "{describe}"
+    );
+}
+
+#[test]
+fn psi_some_only_file_parses() {
+    let host = Host::copy("psi-some-only");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Psi, t0);
+    assert!(meter.describe().contains("proc/pressure/cpu"));
+    host.write(
+        "proc/pressure/cpu",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=1300000\n",
+    );
+    assert_close(meter.sample(t0 + secs(2)).unwrap().load, 0.15);
+
+    // Fully stalled, with our clock a hair behind the kernel's.
+    host.write(
+        "proc/pressure/cpu",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=2310000\n",
+    );
+    assert_eq!(meter.sample(t0 + secs(3)).unwrap().load, 1.0);
+}
+
+#[test]
+fn psi_missing_is_unavailable() {
+    let err = fixture_error("v1-joint", LoadSourceKind::Psi);
+    assert!(err.starts_with("psi not available: "), "{err}");
+    assert!(err.contains("v1-joint/proc/pressure/cpu"), "{err}");
+}
+
+// ---------------------------------------------------------------- errors
+
+#[test]
+fn counter_going_backwards_errs_then_recovers() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+
+    host.write(V2_USAGE, &usage_usec(100));
+    let err = meter.sample(t0 + secs(1)).unwrap_err();
+    assert!(
+        matches!(err, LoadError::CounterWentBackwards { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.starts_with("counter went backwards in "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with("app.service/cpu.stat (5000000 -> 100); re-baselining"),
+        "{message}"
+    );
+
+    // Re-baselined at t0+1s on the new value.
+    host.write(V2_USAGE, &usage_usec(100 + 750_000));
+    assert_close(meter.sample(t0 + secs(2)).unwrap().load, 0.5);
+}
+
+#[test]
+fn missing_counter_file_errs_naming_it_then_rebaselines() {
+    let host = Host::copy("v1-split");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+
+    host.remove(V1_USAGE);
+    let err = meter.sample(t0 + secs(1)).unwrap_err().to_string();
+    let path = host.path(V1_USAGE);
+    assert_eq!(
+        err,
+        format!(
+            "cannot read {}: No such file or directory (os error 2)",
+            path.display()
+        )
+    );
+
+    host.write(V1_USAGE, "5000000000\n");
+    let err = meter.sample(t0 + secs(2)).unwrap_err();
+    assert!(matches!(err, LoadError::Rebaselined { .. }), "{err}");
+
+    host.write(V1_USAGE, "5250000000\n");
+    assert_close(meter.sample(t0 + secs(3)).unwrap().load, 0.5);
+}
+
+#[test]
+fn missing_files_at_start_name_the_path() {
+    let err = LoadMeter::new(
+        LoadSourceKind::System,
+        &HostPaths::under("/nonexistent-root"),
+        PID,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("cannot read /nonexistent-root/proc/stat: "),
+        "{err}"
+    );
+    let meter = fixture_meter("no-cgroup", LoadSourceKind::Process);
+    let describe = meter.describe();
+    assert!(describe.contains("no cgroup quota known"), "{describe}");
+}
+
+#[test]
+fn malformed_counter_is_an_error() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::System, t0);
+    host.write("proc/stat", "cpu  garbage\n");
+    let err = meter.sample(t0 + secs(1)).unwrap_err();
+    assert!(matches!(err, LoadError::Malformed { .. }), "{err}");
+    let message = err.to_string();
+    assert!(message.starts_with("malformed "), "{message}");
+    assert!(message.contains("proc/stat"), "{message}");
+}
+
+#[test]
+fn malformed_quota_is_an_error_and_rebaselines() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    host.write(V2_MAX, "lots 100000\n");
+    host.write(V2_USAGE, &usage_usec(6_000_000));
+    let err = meter.sample(t0 + secs(1)).unwrap_err().to_string();
+    assert!(err.starts_with("malformed "), "{err}");
+    assert!(err.contains("app.service/cpu.max"), "{err}");
+
+    // The counters read at t0+1s became the baseline.
+    host.write(V2_MAX, "150000 100000\n");
+    host.write(V2_USAGE, &usage_usec(6_750_000));
+    assert_close(meter.sample(t0 + secs(2)).unwrap().load, 0.5);
+}
+
+#[test]
+fn zero_elapsed_wall_time_is_an_error_not_zero() {
+    let host = Host::copy("v2");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    let err = meter.sample(t0).unwrap_err();
+    assert!(matches!(err, LoadError::NoTimeElapsed { .. }), "{err}");
+    assert!(err.to_string().starts_with("no time elapsed"), "{err}");
+
+    // The baseline from t0 still stands.
+    host.write(V2_USAGE, &usage_usec(5_750_000));
+    assert_close(meter.sample(t0 + secs(1)).unwrap().load, 0.5);
+}
+
+#[test]
+fn malformed_discovery_files_are_errors() {
+    let host = Host::copy("v2");
+    host.write("proc/4242/mountinfo", "1 2 3\n");
+    let err = LoadMeter::new_at(LoadSourceKind::Cgroup, &host.paths, PID, Instant::now())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("malformed "), "{err}");
+    assert!(err.contains("proc/4242/mountinfo"), "{err}");
+
+    host.write("proc/4242/status", "Name:\tx\n");
+    let err = LoadMeter::new_at(LoadSourceKind::Process, &host.paths, PID, Instant::now())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no Cpus_allowed_list line"), "{err}");
+}
+
+// ---------------------------------------------------------------- real host
+
+fn burn_cpu(duration: Duration) {
+    thread::spawn(move || {
+        let end = Instant::now() + duration;
+        let mut x = 0u64;
+        while Instant::now() < end {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn real_host_every_available_source() {
+    let paths = HostPaths::system();
+    let pid = i32::try_from(std::process::id()).unwrap();
+    for kind in LoadSourceKind::ALL {
+        let mut meter = match LoadMeter::new(kind, &paths, pid) {
+            Ok(meter) => meter,
+            Err(err) => {
+                assert!(
+                    !matches!(kind, LoadSourceKind::Process | LoadSourceKind::System),
+                    "{kind} must work on any Linux host: {err}"
+                );
+                eprintln!("{kind}: not available here: {err}");
+                continue;
+            }
+        };
+        eprintln!("{kind}: {}", meter.describe());
+        burn_cpu(Duration::from_millis(200));
+        let sample = meter
+            .sample(Instant::now())
+            .unwrap_or_else(|err| panic!("{kind}: {err}"));
+        eprintln!("{kind}: {sample:?}");
+        assert!(sample.load.is_finite() && sample.load >= 0.0, "{sample:?}");
+        assert!(sample.capacity > 0.0, "{sample:?}");
+        assert_ne!(sample.source, LoadSourceKind::Auto);
+        if sample.source == LoadSourceKind::Process {
+            assert!(sample.load > 0.0, "{kind}: burnt CPU but read {sample:?}");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Threshold policy: turns a stream of load samples into a drain decision.
+//!
+//! Pure logic with no GStreamer or clock in it, so the element, the in-process
+//! coordinator and the supervisor all share one tested copy of the rules.
+
+use std::fmt;
+
+/// Why a configuration was rejected; the message names the offending setting.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} must be between 0 and 1, got {value}")]
+    OutOfRange { name: &'static str, value: f64 },
+    #[error("soft-threshold ({soft}) must not be above hard-threshold ({hard})")]
+    SoftAboveHard { soft: f64, hard: f64 },
+    #[error("hold must be at least 1 sample, got {0}")]
+    ZeroHold(u32),
+    #[error("release must be at least 1 sample, got {0}")]
+    ZeroRelease(u32),
+}
+
+/// Which threshold a drain decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Load stayed at or above the soft threshold for `hold` samples.
+    Soft,
+    /// One sample reached the hard threshold.
+    Hard,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Soft => "soft",
+            Trigger::Hard => "hard",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyConfig {
+    pub soft: f64,
+    pub hard: f64,
+    /// Consecutive samples at or above `soft` before a soft drain.
+    pub hold: u32,
+    /// Consecutive samples below `soft` before the above-count resets.
+    /// 1 means any low sample resets it (no hysteresis).
+    pub release: u32,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            soft: 0.85,
+            hard: 0.95,
+            hold: 3,
+            release: 1,
+        }
+    }
+}
+
+impl PolicyConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [("soft-threshold", self.soft), ("hard-threshold", self.hard)] {
+            // NaN fails the range check too, which is what we want.
+            if !(0.0..=1.0).contains(&value) {
+                return Err(ConfigError::OutOfRange { name, value });
+            }
+        }
+        if self.soft > self.hard {
+            return Err(ConfigError::SoftAboveHard {
+                soft: self.soft,
+                hard: self.hard,
+            });
+        }
+        if self.hold == 0 {
+            return Err(ConfigError::ZeroHold(self.hold));
+        }
+        if self.release == 0 {
+            return Err(ConfigError::ZeroRelease(self.release));
+        }
+        Ok(())
+    }
+}
+
+/// What one sample means for the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Load is below the soft threshold (and the count is, or is on its way to, zero).
+    Calm,
+    /// Load is high but has not been high long enough yet.
+    Rising { count: u32, hold: u32 },
+    /// Drain now; `threshold` is the value that was crossed.
+    Drain { trigger: Trigger, threshold: f64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    config: PolicyConfig,
+    above: u32,
+    below: u32,
+}
+
+impl Policy {
+    pub fn new(config: PolicyConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Policy {
+            config,
+            above: 0,
+            below: 0,
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    /// Samples at or above soft counted so far.
+    pub fn above_count(&self) -> u32 {
+        self.above
+    }
+
+    /// Feeds one sample. After a `Drain` verdict the counts start again, so a
+    /// caller that keeps observing (dry-run, or the next victim) gets a fresh hold.
+    pub fn observe(&mut self, load: f64) -> Verdict {
+        if !load.is_finite() {
+            // A broken sample must never push towards a drain.
+            return self.low_sample();
+        }
+        if load >= self.config.hard {
+            self.reset();
+            return Verdict::Drain {
+                trigger: Trigger::Hard,
+                threshold: self.config.hard,
+            };
+        }
+        if load < self.config.soft {
+            return self.low_sample();
+        }
+        self.below = 0;
+        self.above = self.above.saturating_add(1);
+        if self.above >= self.config.hold {
+            self.reset();
+            Verdict::Drain {
+                trigger: Trigger::Soft,
+                threshold: self.config.soft,
+            }
+        } else {
+            Verdict::Rising {
+                count: self.above,
+                hold: self.config.hold,
+            }
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.above = 0;
+        self.below = 0;
+    }
+
+    fn low_sample(&mut self) -> Verdict {
+        self.below = self.below.saturating_add(1);
+        if self.below >= self.config.release {
+            self.above = 0;
+        }
+        if self.above == 0 {
+            Verdict::Calm
+        } else {
+            Verdict::Rising {
+                count: self.above,
+                hold: self.config.hold,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(soft: f64, hard: f64, hold: u32, release: u32) -> Policy {
+        Policy::new(PolicyConfig {
+            soft,
+            hard,
+            hold,
+            release,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn soft_needs_hold_consecutive_samples() {
+        let mut p = policy(0.85, 0.95, 3, 1);
+        assert_eq!(p.observe(0.86), Verdict::Rising { count: 1, hold: 3 });
+        assert_eq!(p.observe(0.90), Verdict::Rising { count: 2, hold: 3 });
+        assert_eq!(
+            p.observe(0.85),
+            Verdict::Drain {
+                trigger: Trigger::Soft,
+                threshold: 0.85
+            }
+        );
+    }
+
+    #[test]
+    fn low_sample_resets_without_hysteresis() {
+        let mut p = policy(0.85, 0.95, 3, 1);
+        p.observe(0.9);
+        p.observe(0.9);
+        assert_eq!(p.observe(0.5), Verdict::Calm);
+        assert_eq!(p.observe(0.9), Verdict::Rising { count: 1, hold: 3 });
+    }
+
+    #[test]
+    fn hard_drains_at_once() {
+        let mut p = policy(0.85, 0.95, 5, 1);
+        assert_eq!(
+            p.observe(0.95),
+            Verdict::Drain {
+                trigger: Trigger::Hard,
+                threshold: 0.95
+            }
+        );
+        assert_eq!(p.above_count(), 0);
+    }
+
+    #[test]
+    fn load_above_one_counts_as_hard() {
+        // A saturated cgroup reads slightly above 1; that must not be ignored.
+        let mut p = policy(0.85, 0.95, 3, 1);
+        assert!(matches!(
+            p.observe(1.02),
+            Verdict::Drain {
+                trigger: Trigger::Hard,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn hysteresis_keeps_count_across_short_dips() {
+        let mut p = policy(0.85, 0.95, 3, 2);
+        p.observe(0.9);
+        p.observe(0.9);
+        assert_eq!(p.observe(0.8), Verdict::Rising { count: 2, hold: 3 });
+        assert!(matches!(p.observe(0.9), Verdict::Drain { .. }));
+        p.observe(0.9);
+        p.observe(0.8);
+        assert_eq!(p.observe(0.8), Verdict::Calm);
+    }
+
+    #[test]
+    fn counts_start_over_after_a_drain() {
+        let mut p = policy(0.5, 0.95, 2, 1);
+        p.observe(0.6);
+        assert!(matches!(p.observe(0.6), Verdict::Drain { .. }));
+        assert_eq!(p.observe(0.6), Verdict::Rising { count: 1, hold: 2 });
+    }
+
+    #[test]
+    fn nan_is_treated_as_low() {
+        let mut p = policy(0.85, 0.95, 2, 1);
+        p.observe(0.9);
+        assert_eq!(p.observe(f64::NAN), Verdict::Calm);
+    }
+
+    #[test]
+    fn hold_of_one_drains_on_first_high_sample() {
+        let mut p = policy(0.5, 0.9, 1, 1);
+        assert!(matches!(
+            p.observe(0.6),
+            Verdict::Drain {
+                trigger: Trigger::Soft,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn invalid_configs_name_the_setting() {
+        let err = Policy::new(PolicyConfig {
+            soft: 0.97,
+            hard: 0.95,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("soft-threshold (0.97)"), "{err}");
+        assert!(err.to_string().contains("hard-threshold (0.95)"), "{err}");
+
+        let err = Policy::new(PolicyConfig {
+            hard: 1.5,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "hard-threshold must be between 0 and 1, got 1.5"
+        );
+
+        let err = Policy::new(PolicyConfig {
+            soft: f64::NAN,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("soft-threshold"), "{err}");
+
+        let err = Policy::new(PolicyConfig {
+            hold: 0,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("hold"), "{err}");
+    }
+}

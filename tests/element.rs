@@ -1,0 +1,473 @@
+//! The cpuguard element in Harnesses and real pipelines.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use std::time::{Duration, Instant};
+
+/// A cpuguard with properties set from strings, as gst-launch-1.0 would.
+fn guard(props: &[(&str, String)]) -> gst::Element {
+    init();
+    let mut builder = gst::ElementFactory::make("cpuguard");
+    for (name, value) in props {
+        builder = builder.property_from_str(name, value);
+    }
+    builder.build().expect("cpuguard element")
+}
+
+fn harness_with_bus(element: gst::Element) -> (gst_check::Harness, gst::Bus) {
+    let h = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    (h, bus)
+}
+
+fn v<T: ToString>(x: T) -> String {
+    x.to_string()
+}
+
+#[test]
+fn inspect_interface_has_contract_names_and_defaults() {
+    init();
+    let e = guard(&[]);
+    assert_eq!(e.property::<f64>("soft-threshold"), 0.85);
+    assert_eq!(e.property::<f64>("hard-threshold"), 0.95);
+    assert_eq!(e.property::<u32>("hold"), 3);
+    assert_eq!(e.property::<u32>("interval"), 1000);
+    assert_eq!(e.property::<u32>("drain-timeout"), 30000);
+    assert!(!e.property::<bool>("dry-run"));
+    assert_eq!(e.property::<f64>("load"), 0.0);
+    let pspec = e.find_property("load").unwrap();
+    assert!(!pspec.flags().contains(glib::ParamFlags::WRITABLE));
+    let source = e.find_property("load-source").unwrap();
+    let enum_class = glib::EnumClass::with_type(source.value_type()).unwrap();
+    let nicks: Vec<_> = enum_class
+        .values()
+        .iter()
+        .map(|v| v.nick().to_owned())
+        .collect();
+    assert_eq!(nicks, ["auto", "process", "cgroup", "system", "psi"]);
+}
+
+#[test]
+fn buffers_pass_through_without_copy() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e);
+    h.set_src_caps_str("video/x-raw,format=I420,width=8,height=8,framerate=1/1");
+    h.play();
+    let input = gst::Buffer::from_mut_slice(vec![7u8; 96]);
+    let ptr = input.map_readable().unwrap().as_ptr();
+    h.push(input).unwrap();
+    let output = h.pull().unwrap();
+    assert_eq!(
+        output.map_readable().unwrap().as_ptr(),
+        ptr,
+        "buffer was copied"
+    );
+    assert_eq!(output.size(), 96);
+}
+
+#[test]
+fn any_caps_pass_through() {
+    for caps in [
+        "audio/x-raw,format=S16LE,rate=48000,channels=2,layout=interleaved",
+        "video/x-h264,stream-format=avc,alignment=au",
+        "video/quicktime",
+        "application/x-whatever",
+    ] {
+        let e = guard(&[("load-source", v("system"))]);
+        let (mut h, _bus) = harness_with_bus(e);
+        h.set_src_caps_str(caps);
+        h.play();
+        h.push(gst::Buffer::from_slice([1u8, 2, 3])).unwrap();
+        assert_eq!(h.pull().unwrap().size(), 3, "caps {caps}");
+    }
+}
+
+#[test]
+fn drain_action_in_harness_tags_and_ends_stream() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, bus) = harness_with_bus(e.clone());
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    h.push(gst::Buffer::from_slice([0u8; 4])).unwrap();
+    h.pull().unwrap();
+
+    assert!(e.emit_by_name::<bool>("drain", &[&"stop-requested"]));
+    // A second request does nothing: an element drains once.
+    assert!(!e.emit_by_name::<bool>("drain", &[&"cpu-limit"]));
+
+    let msg = wait_for(&bus, Duration::from_secs(5), |m| {
+        is_element_message(m, "cpuguard-drain")
+    })
+    .expect("cpuguard-drain message");
+    let s = structure_of(&msg);
+    assert_eq!(s.get::<&str>("reason").unwrap(), "stop-requested");
+    assert_eq!(s.get::<&str>("description").unwrap(), "Stop requested");
+    assert_eq!(s.get::<&str>("trigger").unwrap(), "request");
+    assert!(s.get::<f64>("load").is_ok() && s.get::<f64>("threshold").is_ok());
+    assert_eq!(s.get::<&str>("source").unwrap(), "system");
+
+    // With no parent bin, the element ends its own branch on the next buffer.
+    assert_eq!(
+        h.push(gst::Buffer::from_slice([0u8; 4])),
+        Err(gst::FlowError::Eos)
+    );
+    let mut saw_tag = false;
+    let mut eos_reason = None;
+    while let Some(event) = h.try_pull_event() {
+        match event.view() {
+            gst::EventView::Tag(tag) => {
+                let tags = tag.tag();
+                if let Some(r) = tags.get::<gstcpuguard::tags::EndReasonTag>() {
+                    assert_eq!(r.get(), "stop-requested");
+                    saw_tag = true;
+                }
+            }
+            gst::EventView::Eos(_) => {
+                assert!(saw_tag, "tag must come before EOS");
+                eos_reason = event
+                    .structure()
+                    .and_then(|s| s.get::<String>("reason").ok());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(eos_reason.as_deref(), Some("stop-requested"));
+}
+
+#[test]
+fn drain_action_rejects_empty_reason() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e.clone());
+    h.play();
+    assert!(!e.emit_by_name::<bool>("drain", &[&""]));
+    assert!(!e.emit_by_name::<bool>("drain", &[&None::<String>]));
+    // Still able to drain with a real reason afterwards.
+    assert!(e.emit_by_name::<bool>("drain", &[&"maintenance"]));
+}
+
+#[test]
+fn upstream_eos_during_drain_carries_reason_and_tag() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e.clone());
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    assert!(e.emit_by_name::<bool>("drain", &[&"cpu-limit"]));
+    // The source reacts first (as it does in a pipeline): its EOS is rewritten.
+    let upstream = gst::event::Eos::new();
+    let seqnum = upstream.seqnum();
+    assert!(h.push_event(upstream));
+    let mut events = Vec::new();
+    while let Some(ev) = h.try_pull_event() {
+        events.push(ev);
+    }
+    let tag_pos = events.iter().position(|ev| {
+        matches!(ev.view(), gst::EventView::Tag(t) if t.tag().get::<gstcpuguard::tags::EndReasonTag>().is_some())
+    });
+    let eos_pos = events
+        .iter()
+        .position(|ev| ev.type_() == gst::EventType::Eos)
+        .expect("EOS forwarded");
+    assert!(tag_pos.expect("tag forwarded") < eos_pos);
+    let eos = &events[eos_pos];
+    assert_eq!(eos.seqnum(), seqnum);
+    assert_eq!(
+        eos.structure().unwrap().get::<&str>("reason").unwrap(),
+        "cpu-limit"
+    );
+}
+
+#[test]
+fn natural_eos_passes_untouched() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e);
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    assert!(h.push_event(gst::event::Eos::new()));
+    let mut eos = None;
+    while let Some(ev) = h.try_pull_event() {
+        assert!(
+            !matches!(ev.view(), gst::EventView::Tag(t) if t.tag().get::<gstcpuguard::tags::EndReasonTag>().is_some()),
+            "no end-reason tag without a drain"
+        );
+        if ev.type_() == gst::EventType::Eos {
+            eos = Some(ev);
+        }
+    }
+    let eos = eos.expect("EOS forwarded");
+    assert!(eos.structure().is_none_or(|s| !s.has_field("reason")));
+}
+
+#[test]
+fn soft_threshold_held_drains_with_cpu_limit() {
+    let host = FakeHost::new(0.10);
+    let e = guard(&[
+        ("load-source", v("system")),
+        ("root", v(host.root_str())),
+        ("interval", v(20u32)),
+        ("hold", v(3u32)),
+        ("soft-threshold", v(0.5)),
+        ("hard-threshold", v(0.99)),
+    ]);
+    let (mut h, bus) = harness_with_bus(e.clone());
+    h.play();
+    // Calm load: load messages, no drain.
+    let load = wait_for(&bus, Duration::from_secs(5), |m| {
+        is_element_message(m, "cpuguard-load")
+    })
+    .expect("cpuguard-load message");
+    let s = structure_of(&load);
+    assert!((s.get::<f64>("load").unwrap() - 0.10).abs() < 0.03, "{s}");
+    assert_eq!(s.get::<&str>("source").unwrap(), "system");
+    assert_eq!(s.get::<f64>("capacity").unwrap(), 2.0);
+    assert!(
+        wait_for(&bus, Duration::from_millis(300), |m| is_element_message(
+            m,
+            "cpuguard-drain"
+        ))
+        .is_none()
+    );
+
+    host.set_load(0.8);
+    let started = Instant::now();
+    let drain = wait_for(&bus, Duration::from_secs(10), |m| {
+        is_element_message(m, "cpuguard-drain")
+    })
+    .expect("drain on held soft threshold");
+    // Three samples of 20 ms: well under a second even on a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let s = structure_of(&drain);
+    assert_eq!(s.get::<&str>("reason").unwrap(), "cpu-limit");
+    assert_eq!(s.get::<&str>("description").unwrap(), "CPU limit reached");
+    assert_eq!(s.get::<&str>("trigger").unwrap(), "soft");
+    assert_eq!(s.get::<f64>("threshold").unwrap(), 0.5);
+    assert!((s.get::<f64>("load").unwrap() - 0.8).abs() < 0.05, "{s}");
+    assert!((e.property::<f64>("load") - 0.8).abs() < 0.05);
+    // Tag message on the bus too, so `gst-launch-1.0 -t` shows it.
+    assert!(
+        wait_for(&bus, Duration::from_secs(2), |m| matches!(m.view(),
+            gst::MessageView::Tag(t) if t.tags().get::<gstcpuguard::tags::EndReasonTag>().is_some_and(|r| r.get() == "cpu-limit")))
+        .is_some()
+    );
+}
+
+#[test]
+fn hard_threshold_drains_without_hold() {
+    let host = FakeHost::new(0.97);
+    let e = guard(&[
+        ("load-source", v("system")),
+        ("root", v(host.root_str())),
+        ("interval", v(20u32)),
+        ("hold", v(1000u32)),
+    ]);
+    let (mut h, bus) = harness_with_bus(e);
+    h.play();
+    let drain = wait_for(&bus, Duration::from_secs(5), |m| {
+        is_element_message(m, "cpuguard-drain")
+    })
+    .expect("hard threshold drains at once");
+    let s = structure_of(&drain);
+    assert_eq!(s.get::<&str>("trigger").unwrap(), "hard");
+    assert_eq!(s.get::<f64>("threshold").unwrap(), 0.95);
+}
+
+#[test]
+fn oscillating_load_below_hold_never_drains() {
+    let host = FakeHost::new(0.9);
+    let e = guard(&[
+        ("load-source", v("system")),
+        ("root", v(host.root_str())),
+        ("interval", v(100u32)),
+        ("hold", v(100u32)),
+    ]);
+    let (mut h, bus) = harness_with_bus(e);
+    h.play();
+    let fired = wait_for(&bus, Duration::from_millis(800), |m| {
+        is_element_message(m, "cpuguard-drain")
+    });
+    assert!(fired.is_none(), "drained before hold was reached");
+}
+
+#[test]
+fn dry_run_reports_but_never_drains() {
+    let host = FakeHost::new(0.97);
+    let e = guard(&[
+        ("load-source", v("system")),
+        ("root", v(host.root_str())),
+        ("interval", v(20u32)),
+        ("dry-run", v(true)),
+    ]);
+    let (mut h, bus) = harness_with_bus(e.clone());
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    let mut would = 0;
+    let deadline = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < deadline {
+        if let Some(m) = bus.timed_pop(gst::ClockTime::from_mseconds(50)) {
+            assert!(!is_element_message(&m, "cpuguard-drain"), "dry run drained");
+            if is_element_message(&m, "cpuguard-would-drain") {
+                would += 1;
+                assert_eq!(structure_of(&m).get::<&str>("reason").unwrap(), "cpu-limit");
+            }
+        }
+    }
+    assert!(
+        would >= 2,
+        "expected repeated would-drain reports, got {would}"
+    );
+    // Buffers keep flowing.
+    h.push(gst::Buffer::from_slice([1u8])).unwrap();
+    assert!(h.pull().is_ok());
+    // The explicit action still drains.
+    assert!(e.emit_by_name::<bool>("drain", &[&"stop-requested"]));
+}
+
+#[test]
+fn soft_above_hard_fails_naming_the_thresholds() {
+    let e = guard(&[("soft-threshold", v(0.97)), ("hard-threshold", v(0.9))]);
+    let pipeline = gst::Pipeline::new();
+    let src = gst::ElementFactory::make("fakesrc").build().unwrap();
+    let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+    pipeline.add_many([&src, &e, &sink]).unwrap();
+    gst::Element::link_many([&src, &e, &sink]).unwrap();
+    assert!(pipeline.set_state(gst::State::Paused).is_err());
+    let bus = pipeline.bus().unwrap();
+    let err = wait_for(&bus, Duration::from_secs(5), |m| {
+        matches!(m.view(), gst::MessageView::Error(_))
+    })
+    .expect("error message");
+    let gst::MessageView::Error(err) = err.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    assert!(text.contains("soft-threshold (0.97)"), "{text}");
+    assert!(text.contains("hard-threshold (0.9)"), "{text}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn out_of_range_threshold_is_refused_by_the_property() {
+    init();
+    let e = guard(&[]);
+    // GObject refuses out-of-range values (with a warning naming the property)
+    // and keeps the previous one.
+    let result = std::panic::catch_unwind(|| {
+        e.set_property_from_value("soft-threshold", &1.5f64.to_value())
+    });
+    assert!(result.is_err() || e.property::<f64>("soft-threshold") == 0.85);
+    let pspec = e.find_property("soft-threshold").unwrap();
+    let pspec = pspec.downcast_ref::<glib::ParamSpecDouble>().unwrap();
+    assert_eq!((pspec.minimum(), pspec.maximum()), (0.0, 1.0));
+}
+
+#[test]
+fn missing_load_files_fail_start_with_a_clear_message() {
+    let empty = tempfile::tempdir().unwrap();
+    for source in ["system", "psi", "cgroup", "process"] {
+        let e = guard(&[
+            ("load-source", v(source)),
+            ("root", v(empty.path().to_string_lossy().into_owned())),
+        ]);
+        let pipeline = gst::Pipeline::new();
+        let src = gst::ElementFactory::make("fakesrc").build().unwrap();
+        let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+        pipeline.add_many([&src, &e, &sink]).unwrap();
+        gst::Element::link_many([&src, &e, &sink]).unwrap();
+        assert!(pipeline.set_state(gst::State::Paused).is_err(), "{source}");
+        let bus = pipeline.bus().unwrap();
+        let msg = wait_for(&bus, Duration::from_secs(5), |m| {
+            matches!(m.view(), gst::MessageView::Error(_))
+        })
+        .expect("error message");
+        let gst::MessageView::Error(err) = msg.view() else {
+            unreachable!()
+        };
+        let text = err.error().to_string();
+        assert!(text.contains(&format!("load-source={source}")), "{text}");
+        assert!(text.contains(&*empty.path().to_string_lossy()), "{text}");
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
+
+#[test]
+fn several_instances_drain_independently() {
+    let host = FakeHost::new(0.1);
+    let make = || {
+        guard(&[
+            ("load-source", v("system")),
+            ("root", v(host.root_str())),
+            ("interval", v(20u32)),
+            ("hold", v(2u32)),
+            ("soft-threshold", v(0.5)),
+        ])
+    };
+    let (a, b, c) = (make(), make(), make());
+    let (mut ha, bus_a) = harness_with_bus(a.clone());
+    let (mut hb, bus_b) = harness_with_bus(b.clone());
+    let (mut hc, bus_c) = harness_with_bus(c.clone());
+    for h in [&mut ha, &mut hb, &mut hc] {
+        h.play();
+    }
+    assert!(a.emit_by_name::<bool>("drain", &[&"stop-requested"]));
+    host.set_load(0.7);
+    for bus in [&bus_b, &bus_c] {
+        let m = wait_for(bus, Duration::from_secs(5), |m| {
+            is_element_message(m, "cpuguard-drain")
+        })
+        .expect("each instance drains on load");
+        assert_eq!(structure_of(&m).get::<&str>("reason").unwrap(), "cpu-limit");
+    }
+    let m = wait_for(&bus_a, Duration::from_secs(5), |m| {
+        is_element_message(m, "cpuguard-drain")
+    })
+    .unwrap();
+    assert_eq!(
+        structure_of(&m).get::<&str>("reason").unwrap(),
+        "stop-requested"
+    );
+    // `a` already drained: no second drain message for the load.
+    assert!(
+        wait_for(&bus_a, Duration::from_millis(300), |m| is_element_message(
+            m,
+            "cpuguard-drain"
+        ))
+        .is_none()
+    );
+}
+
+#[test]
+fn restart_after_stop_works() {
+    let host = FakeHost::new(0.97);
+    let e = guard(&[
+        ("load-source", v("system")),
+        ("root", v(host.root_str())),
+        ("interval", v(20u32)),
+    ]);
+    let pipeline = gst::parse::launch("fakesrc is-live=true ! cpuguard name=g ! fakesink")
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    drop(e);
+    let g = pipeline.by_name("g").unwrap();
+    g.set_property_from_str("load-source", "system");
+    g.set_property("root", host.root_str());
+    g.set_property("interval", 20u32);
+    for round in 0..2 {
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let msgs = run_until_end(&pipeline, Duration::from_secs(10));
+        assert!(
+            msgs.iter().any(|m| is_element_message(m, "cpuguard-drain")),
+            "round {round} drained: {:?}",
+            msgs.iter()
+                .map(|m| format!("{:?} {:?}", m.type_(), m.structure()))
+                .collect::<Vec<_>>()
+        );
+        assert!(
+            matches!(msgs.last().unwrap().view(), gst::MessageView::Eos(_)),
+            "round {round} reached EOS"
+        );
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+}
