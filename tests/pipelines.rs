@@ -230,6 +230,59 @@ fn gst_launch_shows_reason_in_messages_and_tags() {
     assert_eq!(mp4_streams(&out).expect("playable MP4"), ["video/x-h264"]);
 }
 
+/// The issue's own acceptance check, with no fakes: a real live encode whose
+/// process load is above a low soft threshold ends by itself with a playable MP4.
+#[test]
+fn heavy_live_encode_with_low_threshold_ends_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("heavy.mp4");
+    let location = format!("location={}", out.display());
+    let started = Instant::now();
+    let output = gst_launch(
+        &[
+            "-e",
+            "-m",
+            "-t",
+            "videotestsrc",
+            "is-live=true",
+            "!",
+            "video/x-raw,format=I420,width=640,height=360,framerate=30/1",
+            "!",
+            "x264enc",
+            "speed-preset=fast",
+            "tune=zerolatency",
+            "!",
+            "h264parse",
+            "!",
+            "cpuguard",
+            "load-source=process",
+            "soft-threshold=0.02",
+            "hold=2",
+            "interval=250",
+            "!",
+            "mp4mux",
+            "!",
+            "filesink",
+            &location,
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let drain = stdout
+        .lines()
+        .find(|l| l.contains("cpuguard-drain"))
+        .unwrap_or_else(|| panic!("no drain:\n{stdout}"));
+    assert!(drain.contains("reason=(string)cpu-limit"), "{drain}");
+    assert!(drain.contains("source=(string)process"), "{drain}");
+    assert!(
+        stdout.contains("cpuguard-end-reason: cpu-limit"),
+        "{stdout}"
+    );
+    assert_eq!(mp4_streams(&out).expect("playable MP4"), ["video/x-h264"]);
+}
+
 #[test]
 fn gst_inspect_documents_the_interface() {
     let output = Command::new("gst-inspect-1.0")
