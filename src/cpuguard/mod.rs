@@ -4,7 +4,7 @@
 use gst::glib;
 use gst::prelude::*;
 
-mod drain;
+pub mod drain;
 mod imp;
 mod monitor;
 

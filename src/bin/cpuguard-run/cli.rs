@@ -1,0 +1,339 @@
+//! The command line: options that override cpuguard's settings, then the
+//! pipeline description. Help texts, defaults and ranges come from the element
+//! (see [`Spec`]), thresholds are checked by the shared policy rules.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use gstcpuguard::policy::PolicyConfig;
+
+use crate::guard::{Overrides, Spec, UIntSpec};
+
+const ABOUT: &str = "Run a GStreamer pipeline and turn signals into the right ending";
+
+const LONG_ABOUT: &str = "\
+Runs a GStreamer pipeline (described as for gst-launch-1.0) and turns signals into \
+the right ending:
+
+  SIGTERM, SIGHUP  drain: EOS through cpuguard's drain action (reason stop-requested), \
+wait for the pipeline's EOS so every file is finalized, exit 0. A repeated SIGTERM \
+does not cut the drain short.
+  SIGINT           stop at once: pipeline to NULL, no drain, exit 130.
+
+A drain started by cpuguard itself (reason cpu-limit) ends the same way. A drain that \
+has not finished within the drain timeout is abandoned (status FAILED, reason \
+drain-timeout). The options override the settings of every cpuguard element in the \
+pipeline. One JSON result is printed on stdout; progress goes to stderr.";
+
+const EXAMPLE: &str = "\
+Example:
+  cpuguard-run --soft-threshold 0.8 videotestsrc is-live=true ! x264enc ! h264parse \\
+      ! cpuguard ! mp4mux ! filesink location=rec.mp4";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cpuguard-run",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Load (share of capacity, 0-1) that, held for --hold samples, drains
+    #[arg(long, value_name = "LOAD")]
+    pub soft_threshold: Option<f64>,
+
+    /// Load (0-1) that drains at once
+    #[arg(long, value_name = "LOAD")]
+    pub hard_threshold: Option<f64>,
+
+    /// Consecutive samples at or above --soft-threshold before draining
+    #[arg(long, value_name = "SAMPLES")]
+    pub hold: Option<u32>,
+
+    /// Sampling period
+    #[arg(long, value_name = "MS")]
+    pub interval: Option<u32>,
+
+    /// Where load is measured
+    #[arg(long, value_name = "SOURCE")]
+    pub load_source: Option<String>,
+
+    /// How long a drain may take
+    #[arg(long, value_name = "MS")]
+    pub drain_timeout: Option<u32>,
+
+    /// Measure and report but never drain on load (signals still drain)
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Also write the JSON result to FILE (checked before the pipeline starts)
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Accepted for gst-launch-1.0 compatibility: draining is always on
+    #[arg(short = 'e', long = "eos-on-shutdown", hide = true)]
+    pub eos_on_shutdown: bool,
+
+    /// The pipeline, as for gst-launch-1.0; its arguments are joined (options come first)
+    #[arg(value_name = "PIPELINE", required = true, trailing_var_arg = true)]
+    pub pipeline: Vec<String>,
+}
+
+impl Cli {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            soft_threshold: self.soft_threshold,
+            hard_threshold: self.hard_threshold,
+            hold: self.hold,
+            interval: self.interval,
+            load_source: self.load_source.clone(),
+            drain_timeout: self.drain_timeout,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+/// Parses `args` (program name first). Help, version and usage errors come
+/// back as `clap::Error`, which prints itself and knows its exit code.
+pub fn parse<I, T>(spec: &Spec, args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut command = command(spec);
+    let matches = command.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))
+}
+
+/// The clap command with help, defaults and value checks taken from `spec`.
+pub fn command(spec: &Spec) -> clap::Command {
+    let sources: Vec<PossibleValue> = spec
+        .load_sources
+        .iter()
+        // Leaked once per process: clap wants 'static names and there are five.
+        .map(|nick| PossibleValue::new(&*Box::leak(nick.clone().into_boxed_str())))
+        .collect();
+    let (hold, interval, drain) = (spec.hold, spec.interval, spec.drain_timeout);
+    Cli::command()
+        .after_help(format!("{}\n\n{EXAMPLE}", crate::exit::HELP))
+        .mut_arg("soft_threshold", |arg| {
+            arg.value_parser(threshold("soft-threshold")).help(format!(
+                "Load (share of capacity, 0-1) that, held for --hold samples, drains \
+                     [element default: {}]",
+                spec.soft_default
+            ))
+        })
+        .mut_arg("hard_threshold", |arg| {
+            arg.value_parser(threshold("hard-threshold")).help(format!(
+                "Load (0-1) that drains at once [element default: {}]",
+                spec.hard_default
+            ))
+        })
+        .mut_arg("hold", |arg| {
+            arg.value_parser(count("hold", hold)).help(format!(
+                "Consecutive samples at or above --soft-threshold before draining \
+                 ({}-{}) [element default: {}]",
+                hold.min, hold.max, hold.default
+            ))
+        })
+        .mut_arg("interval", |arg| {
+            arg.value_parser(millis("interval", interval)).help(format!(
+                "Sampling period: milliseconds, or a duration such as 500ms or 2s \
+                 (at least {} ms) [element default: {}]",
+                interval.min, interval.default
+            ))
+        })
+        .mut_arg("load_source", |arg| {
+            arg.value_parser(PossibleValuesParser::new(sources))
+                .help(format!(
+                    "Where load is measured [element default: {}]",
+                    spec.load_source_default
+                ))
+        })
+        .mut_arg("drain_timeout", |arg| {
+            arg.value_parser(millis("drain-timeout", drain))
+                .help(format!(
+                    "How long a drain (SIGTERM, SIGHUP or CPU limit) may take before the run \
+                 is abandoned as FAILED: milliseconds, or a duration such as 30s; 0 waits \
+                 forever. Also sets the elements' drain-timeout [default: the elements' \
+                 drain-timeout, {} ms unless the pipeline sets it]",
+                    drain.default
+                ))
+        })
+}
+
+/// A threshold: a number the shared policy accepts (0-1, not NaN). The other
+/// threshold is set to the value that can never conflict, so only the range
+/// is checked here; soft above hard is checked once both are known.
+fn threshold(name: &'static str) -> impl TypedValueParser<Value = f64> {
+    move |text: &str| -> Result<f64, String> {
+        let value: f64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} must be a number between 0 and 1, got {text:?}"))?;
+        let config = if name == "soft-threshold" {
+            PolicyConfig {
+                soft: value,
+                hard: 1.0,
+                ..PolicyConfig::default()
+            }
+        } else {
+            PolicyConfig {
+                soft: 0.0,
+                hard: value,
+                ..PolicyConfig::default()
+            }
+        };
+        config.validate().map_err(|err| err.to_string())?;
+        Ok(value)
+    }
+}
+
+/// A count within the element's range.
+fn count(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u32> {
+    move |text: &str| -> Result<u32, String> {
+        let value: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name} must be a whole number, got {text:?}"))?;
+        in_range(name, value, spec, "")
+    }
+}
+
+/// Milliseconds, given as a number or a humantime duration ("500ms", "30s",
+/// "1m 30s"), within the element's range.
+fn millis(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u32> {
+    move |text: &str| -> Result<u32, String> {
+        let text = text.trim();
+        let ms = match text.parse::<u64>() {
+            Ok(ms) => ms,
+            Err(_) => humantime::parse_duration(text)
+                .map(|d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .map_err(|err| {
+                    format!(
+                        "{name} must be milliseconds or a duration such as 500ms or 30s, \
+                         got {text:?} ({err})"
+                    )
+                })?,
+        };
+        in_range(name, ms, spec, " ms")
+    }
+}
+
+fn in_range(name: &str, value: u64, spec: UIntSpec, unit: &str) -> Result<u32, String> {
+    u32::try_from(value)
+        .ok()
+        .filter(|v| (spec.min..=spec.max).contains(v))
+        .ok_or_else(|| {
+            format!(
+                "{name} must be between {}{unit} and {}{unit}, got {value}{unit}",
+                spec.min, spec.max
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        Spec {
+            soft_default: 0.85,
+            hard_default: 0.95,
+            hold: UIntSpec {
+                min: 1,
+                max: 100_000,
+                default: 3,
+            },
+            interval: UIntSpec {
+                min: 10,
+                max: 3_600_000,
+                default: 1000,
+            },
+            drain_timeout: UIntSpec {
+                min: 0,
+                max: u32::MAX,
+                default: 30_000,
+            },
+            load_sources: ["auto", "process", "cgroup", "system", "psi"]
+                .map(String::from)
+                .to_vec(),
+            load_source_default: "auto".to_owned(),
+        }
+    }
+
+    fn parse_args(args: &[&str]) -> Result<Cli, clap::Error> {
+        parse(
+            &spec(),
+            std::iter::once("cpuguard-run").chain(args.iter().copied()),
+        )
+    }
+
+    #[test]
+    fn options_then_pipeline_with_anything_after_the_first_element() {
+        let cli = parse_args(&[
+            "--hold",
+            "2",
+            "--drain-timeout",
+            "45s",
+            "--interval",
+            "250ms",
+            "--load-source",
+            "psi",
+            "videotestsrc",
+            "!",
+            "fakesink",
+            "-x",
+        ])
+        .unwrap();
+        assert_eq!(cli.hold, Some(2));
+        assert_eq!(cli.drain_timeout, Some(45_000));
+        assert_eq!(cli.interval, Some(250));
+        assert_eq!(cli.load_source.as_deref(), Some("psi"));
+        assert_eq!(cli.pipeline, ["videotestsrc", "!", "fakesink", "-x"]);
+        assert_eq!(
+            cli.soft_threshold, None,
+            "not given: the element keeps its own"
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_setting() {
+        for (args, needle) in [
+            (
+                &["--soft-threshold", "1.5"][..],
+                "soft-threshold must be between 0 and 1, got 1.5",
+            ),
+            (
+                &["--hard-threshold", "NaN"],
+                "hard-threshold must be between 0 and 1",
+            ),
+            (&["--hold", "0"], "hold must be between 1 and 100000, got 0"),
+            (&["--interval", "5"], "interval must be between 10 ms"),
+            (
+                &["--drain-timeout", "soon"],
+                "drain-timeout must be milliseconds",
+            ),
+            (&["--load-source", "gpu"], "gpu"),
+        ] {
+            let mut args = args.to_vec();
+            args.extend(["fakesrc", "!", "fakesink"]);
+            let err = parse_args(&args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn no_arguments_is_a_usage_error() {
+        let err = parse_args(&[]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = parse_args(&["--hold", "2"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("PIPELINE"), "{err}");
+    }
+}

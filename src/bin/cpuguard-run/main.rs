@@ -1,0 +1,132 @@
+//! `cpuguard-run`: runs a GStreamer pipeline and turns signals into the right
+//! ending. SIGTERM (and SIGHUP) drain it through cpuguard with reason
+//! stop-requested and exit 0 once every file is finalized; SIGINT stops it at
+//! once. One JSON result goes to stdout, progress to stderr.
+//!
+//! Modules, one job each: `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
+//! their settings), `pipeline` (parsing the description), `signals` (signals
+//! on the main loop), `supervise` (the run and its state flow), `report` (the
+//! JSON result), `progress` (stderr lines), `exit` (exit codes).
+
+mod cli;
+mod drain;
+mod exit;
+mod guard;
+mod pipeline;
+mod progress;
+mod report;
+mod signals;
+mod supervise;
+
+use std::process::ExitCode;
+
+use gst::prelude::*;
+
+use progress::{fatal, progress};
+
+fn main() -> ExitCode {
+    ExitCode::from(run())
+}
+
+fn run() -> u8 {
+    progress::start_clock();
+    // First of all: from here on SIGTERM, SIGINT and SIGHUP never take their
+    // default action (which, as PID 1, would be to be ignored).
+    let router = match signals::Router::install() {
+        Ok(router) => router,
+        Err(err) => {
+            fatal!("cannot handle signals: {err}");
+            return exit::FAILED;
+        }
+    };
+    if let Err(err) = gst::init() {
+        fatal!("cannot initialize GStreamer: {err}");
+        return exit::FAILED;
+    }
+    // Static registration: no GST_PLUGIN_PATH needed, and this build's element
+    // is the one used even when a cpuguard plugin is also found on the path.
+    if let Err(err) = gstcpuguard::plugin_register_static() {
+        fatal!("cannot register the cpuguard element: {err}");
+        return exit::FAILED;
+    }
+    let spec = match guard::Spec::from_element() {
+        Ok(spec) => spec,
+        Err(err) => {
+            fatal!("{err}");
+            return exit::FAILED;
+        }
+    };
+
+    let cli = match cli::parse(&spec, std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Help and version go to stdout with exit 0; errors to stderr with 2.
+            let _ = err.print();
+            return u8::try_from(err.exit_code()).unwrap_or(exit::USAGE);
+        }
+    };
+    let overrides = cli.overrides();
+
+    let (pipeline, description) = match pipeline::build(&cli.pipeline) {
+        Ok(built) => built,
+        Err(err) => {
+            let description = pipeline::describe(&cli.pipeline);
+            if description.trim().is_empty() {
+                fatal!("invalid pipeline: {err}");
+            } else {
+                fatal!("invalid pipeline: {err}\n  in: {description}");
+            }
+            return exit::USAGE;
+        }
+    };
+    let guards = guard::find(&pipeline);
+    if guards.is_empty() {
+        if let Err(err) = overrides.validate_alone(&spec) {
+            fatal!("{err}");
+            return exit::USAGE;
+        }
+        let given = overrides.given_element_settings();
+        if !given.is_empty() {
+            progress!(
+                "warning: no cpuguard element in the pipeline: {} ignored",
+                given.join(", ")
+            );
+        }
+    }
+    for guard in &guards {
+        if let Err(err) = overrides.apply(guard) {
+            fatal!("{err}");
+            return exit::USAGE;
+        }
+    }
+
+    let report_file = match cli.report.as_deref().map(report::ReportFile::create) {
+        None => None,
+        Some(Ok(file)) => Some(file),
+        Some(Err(err)) => {
+            fatal!("{err}");
+            return exit::USAGE;
+        }
+    };
+
+    // The supervisor's own deadline: --drain-timeout, else the longest the
+    // elements allow (0 = forever wins), else the element default.
+    let drain_timeout_ms = cli.drain_timeout.unwrap_or_else(|| {
+        guards
+            .iter()
+            .map(|g| g.property::<u32>("drain-timeout"))
+            .reduce(|a, b| if a == 0 || b == 0 { 0 } else { a.max(b) })
+            .unwrap_or(spec.drain_timeout.default)
+    });
+
+    supervise::run(
+        supervise::Setup {
+            pipeline,
+            description,
+            guards,
+            drain_timeout_ms: (drain_timeout_ms > 0).then_some(drain_timeout_ms),
+        },
+        &router,
+        report::Output::new(report_file),
+    )
+}

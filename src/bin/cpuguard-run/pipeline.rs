@@ -1,0 +1,102 @@
+//! Building the pipeline from the command line, exactly as gst-launch-1.0 does.
+
+use gst::prelude::*;
+
+/// Parses the pipeline arguments with `gst_parse_launchv`, which is what
+/// gst-launch-1.0 calls: each argument is escaped (an argument holding spaces,
+/// such as `location=a b.mp4` after the shell removed the quotes, stays one
+/// value) and the arguments are joined. Any parse problem is fatal, including
+/// the ones gst-launch-1.0 only warns about (an unknown element, a failed link).
+/// Returns the pipeline and its description as parsed (see [`describe`]).
+pub fn build(args: &[String]) -> Result<(gst::Pipeline, String), String> {
+    if args.iter().all(|a| a.trim().is_empty()) {
+        return Err("the pipeline description is empty".to_owned());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (element, description) = match parse(|context| {
+        gst::parse::launchv_full(&argv, Some(context), gst::ParseFlags::FATAL_ERRORS)
+    }) {
+        Ok(element) => (element, describe(args)),
+        // The whole description in one argument (`"a ! b"`, as container specs
+        // often pass it) fails under gst-launch rules, which escape its spaces;
+        // read it as a description of its own instead.
+        Err(_) if args.len() == 1 && args[0].contains(char::is_whitespace) => {
+            let element = parse(|context| {
+                gst::parse::launch_full(&args[0], Some(context), gst::ParseFlags::FATAL_ERRORS)
+            })?;
+            (element, args[0].clone())
+        }
+        Err(err) => return Err(err),
+    };
+    // A one-element description parses to that element: wrap it, as gst-launch does.
+    match element.downcast::<gst::Pipeline>() {
+        Ok(pipeline) => Ok((pipeline, description)),
+        Err(element) => {
+            let pipeline = gst::Pipeline::new();
+            pipeline
+                .add(&element)
+                .map_err(|err| format!("cannot put {} in a pipeline: {err}", element.name()))?;
+            Ok((pipeline, description))
+        }
+    }
+}
+
+/// Runs one parse attempt; the error names missing elements when there are any.
+fn parse(
+    launch: impl FnOnce(&mut gst::ParseContext) -> Result<gst::Element, glib::Error>,
+) -> Result<gst::Element, String> {
+    let mut context = gst::ParseContext::new();
+    launch(&mut context).map_err(|err| {
+        let message = err.message();
+        let unnamed: Vec<String> = context
+            .missing_elements()
+            .into_iter()
+            .filter(|name| !message.contains(name.as_str()))
+            .collect();
+        if unnamed.is_empty() {
+            message.to_owned()
+        } else {
+            format!("{message} (missing elements: {})", unnamed.join(", "))
+        }
+    })
+}
+
+/// The description as GStreamer reads it: arguments escaped as
+/// `gst_parse_launchv` escapes them (a space outside double quotes gets a
+/// backslash) and joined with spaces. For the report and progress lines.
+pub fn describe(args: &[String]) -> String {
+    args.iter()
+        .map(|arg| escape(arg))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn escape(arg: &str) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut in_quotes = false;
+    let mut previous = None;
+    for c in arg.chars() {
+        if c == '"' && (!in_quotes || previous != Some('\\')) {
+            in_quotes = !in_quotes;
+        }
+        if c == ' ' && !in_quotes {
+            out.push('\\');
+        }
+        out.push(c);
+        previous = Some(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spaces_outside_quotes_are_escaped() {
+        let args = ["filesink".to_owned(), "location=a b.mp4".to_owned()];
+        assert_eq!(describe(&args), r"filesink location=a\ b.mp4");
+        let args = [r#"location="a b.mp4""#.to_owned()];
+        assert_eq!(describe(&args), r#"location="a b.mp4""#);
+    }
+}

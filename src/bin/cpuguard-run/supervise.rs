@@ -1,0 +1,718 @@
+//! The run itself: the pipeline's bus, the signals and the drain timer, all
+//! handled on one GLib main loop, and the STARTING → ACTIVE → ENDING →
+//! COMPLETE/FAILED state flow of LiveKit Egress.
+//!
+//! - SIGTERM/SIGHUP: drain through cpuguard's `drain` action (reason
+//!   stop-requested), or by sending EOS to the pipeline when it has no
+//!   cpuguard; wait for the pipeline's EOS; COMPLETE. Repeats are ignored.
+//! - SIGINT: pipeline to NULL at once; FAILED, reason interrupted.
+//! - cpuguard's own drain (`cpuguard-drain` message): ENDING, same wait.
+//! - A drain not done within the drain timeout, or cpuguard's own
+//!   drain-timeout ERROR: pipeline to NULL; FAILED, reason drain-timeout.
+//! - Any other ERROR: FAILED, reason error. EOS without a drain: COMPLETE, eos.
+//!
+//! Whatever ends the run first wins; later events are ignored. Before giving
+//! up on a drain (timer) or interrupting it (SIGINT), the messages already on
+//! the bus are handled first, so an EOS that arrived in time is never reported
+//! as a failure (the LiveKit Egress bug where the timer fired after the EOS).
+
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use gst::prelude::*;
+use gstcpuguard::reason::EndReason;
+use nix::sys::signal::Signal;
+
+use crate::drain::Drain;
+use crate::exit;
+use crate::guard;
+use crate::progress::progress;
+use crate::report::{
+    DrainReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons, round_ms,
+};
+use crate::signals::Router;
+
+/// How long setting the pipeline to NULL may take before the result is
+/// emitted anyway and the process exits (an element that ignores unlock must
+/// not keep a container from stopping).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Setup {
+    pub pipeline: gst::Pipeline,
+    pub description: String,
+    pub guards: Vec<gst::Element>,
+    /// The supervisor's drain deadline in ms; `None` waits forever.
+    pub drain_timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Outcome {
+    status: State,
+    reason: String,
+    end_reason: String,
+    error: Option<String>,
+    error_source: Option<String>,
+    error_debug: Option<String>,
+    exit_code: u8,
+    at: Stamp,
+}
+
+struct Supervisor {
+    pipeline: gst::Pipeline,
+    description: String,
+    guards: Vec<gst::Element>,
+    drain_timeout_ms: Option<u32>,
+    main_loop: glib::MainLoop,
+    output: Arc<Output>,
+    me: Weak<RefCell<Supervisor>>,
+
+    started: Stamp,
+    state: State,
+    states: Vec<StateChange>,
+    signals: Vec<SignalReport>,
+    drain: Option<Drain>,
+    timer: Option<glib::SourceId>,
+    outcome: Option<Outcome>,
+    /// The pipeline's last state-changed message said PLAYING.
+    playing: bool,
+    /// A stop request came before the pipeline played: sent once it does.
+    stop_deferred: bool,
+    peak_load: Option<f64>,
+    last_load: Option<f64>,
+    load_source: Option<String>,
+}
+
+/// Runs the pipeline until it ends; emits the result through `output` and
+/// returns the exit code.
+pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
+    let main_loop = glib::MainLoop::new(None, false);
+    let supervisor = Rc::new_cyclic(|me| {
+        RefCell::new(Supervisor {
+            pipeline: setup.pipeline,
+            description: setup.description,
+            guards: setup.guards,
+            drain_timeout_ms: setup.drain_timeout_ms,
+            main_loop: main_loop.clone(),
+            output,
+            me: me.clone(),
+            started: Stamp::now(),
+            state: State::Starting,
+            states: Vec::new(),
+            signals: Vec::new(),
+            drain: None,
+            timer: None,
+            outcome: None,
+            playing: false,
+            stop_deferred: false,
+            peak_load: None,
+            last_load: None,
+            load_source: None,
+        })
+    });
+
+    // The bus watch lives as long as this guard, i.e. until the loop is done.
+    let bus = supervisor.borrow().pipeline.bus();
+    let watch = match bus {
+        Some(bus) => {
+            let weak = Rc::downgrade(&supervisor);
+            bus.add_watch_local(move |_, message| {
+                if let Some(supervisor) = weak.upgrade() {
+                    supervisor.borrow_mut().on_message(message);
+                }
+                glib::ControlFlow::Continue
+            })
+            .map_err(|err| format!("cannot watch the pipeline's bus: {err}"))
+        }
+        None => Err("the pipeline has no bus".to_owned()),
+    };
+
+    {
+        let mut s = supervisor.borrow_mut();
+        let detail = format!(": {}", s.description);
+        s.enter(State::Starting, &detail);
+        match &watch {
+            Ok(_) => s.start(),
+            Err(text) => s.fail_to_start(text),
+        }
+    }
+    // Signals reach the supervisor only once the pipeline was started.
+    {
+        let weak = Rc::downgrade(&supervisor);
+        router.set_handler(move |signal| {
+            if let Some(supervisor) = weak.upgrade() {
+                supervisor.borrow_mut().on_signal(signal);
+            }
+        });
+    }
+
+    if supervisor.borrow().outcome.is_none() {
+        main_loop.run();
+    }
+    drop(watch);
+    let s = supervisor.borrow();
+    let report = s.report();
+    s.output.emit(&report);
+    report.exit_code
+}
+
+impl Supervisor {
+    fn enter(&mut self, state: State, detail: &str) {
+        self.state = state;
+        let now = Stamp::now();
+        self.states.push(StateChange {
+            state,
+            at: now.rfc3339(),
+        });
+        progress!("state {}{detail}", state.as_str());
+    }
+
+    fn start(&mut self) {
+        for guard in &self.guards {
+            progress!("{}", describe_guard(guard));
+        }
+        if self.guards.is_empty() {
+            progress!(
+                "warning: the pipeline has no cpuguard element: CPU guarding is off; \
+                 SIGTERM/SIGHUP still drain it with EOS, SIGINT still stops it"
+            );
+        }
+        match self.drain_timeout_ms {
+            Some(ms) => progress!("drain timeout {ms} ms"),
+            None => progress!("drain timeout: none (a drain may take forever)"),
+        }
+        if self.pipeline.set_state(gst::State::Playing).is_err() {
+            // The reason is usually an ERROR message already on the bus.
+            self.handle_pending();
+            self.fail_to_start("the pipeline could not be set to PLAYING");
+        }
+    }
+
+    fn fail_to_start(&mut self, text: &str) {
+        if self.outcome.is_none() {
+            progress!("error: {text}");
+            self.finish(
+                State::Failed,
+                reasons::ERROR,
+                reasons::ERROR_TEXT,
+                Some((text.to_owned(), None, None)),
+            );
+        }
+    }
+
+    /// Handles the messages already on the bus, in order, until the run ends.
+    fn handle_pending(&mut self) {
+        let Some(bus) = self.pipeline.bus() else {
+            return;
+        };
+        while self.outcome.is_none() {
+            match bus.pop() {
+                Some(message) => self.on_message(&message),
+                None => break,
+            }
+        }
+    }
+
+    fn is_pipeline(&self, object: Option<&gst::Object>) -> bool {
+        object.is_some_and(|o| o == self.pipeline.upcast_ref::<gst::Object>())
+    }
+
+    fn is_guard(&self, object: Option<&gst::Object>) -> bool {
+        object.is_some_and(|o| {
+            self.guards
+                .iter()
+                .any(|g| g.upcast_ref::<gst::Object>() == o)
+        })
+    }
+
+    fn on_message(&mut self, message: &gst::Message) {
+        if self.outcome.is_some() {
+            return;
+        }
+        use gst::MessageView;
+        let src = message.src();
+        match message.view() {
+            MessageView::Eos(_) => self.on_eos(),
+            MessageView::Error(err) => {
+                let text = err.error().to_string();
+                let debug = err.debug().map(|d| d.to_string());
+                let source = src.map(|s| s.name().to_string());
+                let from_guard = self.is_guard(src);
+                if from_guard
+                    && self.drain.is_some()
+                    && err.error().matches(gst::StreamError::Failed)
+                {
+                    progress!("{}: {text}", source.as_deref().unwrap_or("cpuguard"));
+                    self.finish(
+                        State::Failed,
+                        reasons::DRAIN_TIMEOUT,
+                        reasons::DRAIN_TIMEOUT_TEXT,
+                        Some((text, source, debug)),
+                    );
+                } else {
+                    progress!(
+                        "error from {}: {text}",
+                        source.as_deref().unwrap_or("the pipeline")
+                    );
+                    self.finish(
+                        State::Failed,
+                        reasons::ERROR,
+                        reasons::ERROR_TEXT,
+                        Some((text, source, debug)),
+                    );
+                }
+            }
+            MessageView::Warning(w) => {
+                let source =
+                    src.map_or_else(|| "the pipeline".to_owned(), |s| s.name().to_string());
+                progress!("warning from {source}: {}", w.error());
+            }
+            MessageView::StateChanged(change) if self.is_pipeline(src) => {
+                self.playing = change.current() == gst::State::Playing;
+                if self.playing && self.state == State::Starting {
+                    self.enter(State::Active, ": pipeline PLAYING");
+                }
+                if self.playing && self.stop_deferred {
+                    self.stop_deferred = false;
+                    self.send_stop("pipeline PLAYING");
+                }
+            }
+            MessageView::Element(element) => {
+                let Some(s) = element.structure() else { return };
+                let source = src.map_or_else(String::new, |s| s.name().to_string());
+                match s.name().as_str() {
+                    "cpuguard-load" => self.on_load(s),
+                    "cpuguard-drain" => self.on_guard_drain(s, source),
+                    "cpuguard-would-drain" => {
+                        let would = Drain::from_message(s, source.clone());
+                        progress!("dry run: {source} would drain: {}", would.summary());
+                    }
+                    _ => {}
+                }
+            }
+            MessageView::Latency(_) => {
+                // As gst-launch-1.0 does: live pipelines need it.
+                let _ = self.pipeline.recalculate_latency();
+            }
+            MessageView::ClockLost(_) => {
+                // As gst-launch-1.0 does: select a new clock.
+                let _ = self.pipeline.set_state(gst::State::Paused);
+                let _ = self.pipeline.set_state(gst::State::Playing);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_load(&mut self, s: &gst::StructureRef) {
+        let Ok(load) = s.get::<f64>("load") else {
+            return;
+        };
+        if !load.is_finite() {
+            return;
+        }
+        self.last_load = Some(load);
+        self.peak_load = Some(self.peak_load.map_or(load, |peak| peak.max(load)));
+        if let Ok(source) = s.get::<String>("source") {
+            self.load_source = Some(source);
+        }
+    }
+
+    fn on_guard_drain(&mut self, s: &gst::StructureRef, element: String) {
+        let reported = Drain::from_message(s, element.clone());
+        match self.drain.as_mut() {
+            None => {
+                progress!("{element} drains: {}", reported.summary());
+                self.drain = Some(reported);
+                self.enter(State::Ending, "");
+                self.start_timer();
+            }
+            Some(drain) if !drain.confirmed => {
+                progress!(
+                    "{element} was already draining: {} (the stop request joins it)",
+                    reported.summary()
+                );
+                let requested = drain.requested;
+                *drain = Drain {
+                    requested,
+                    ..reported
+                };
+            }
+            Some(drain)
+                if drain.awaiting_echo
+                    && drain.element == reported.element
+                    && drain.reason == reported.reason =>
+            {
+                drain.fill_from(reported);
+            }
+            Some(drain) => {
+                progress!(
+                    "{element} also drained ({}); the run keeps reason {}",
+                    reported.reason,
+                    drain.reason
+                );
+            }
+        }
+    }
+
+    fn on_eos(&mut self) {
+        match self.drain.as_mut() {
+            Some(drain) => {
+                drain.completed = true;
+                let (reason, description) = (drain.reason.clone(), drain.description.clone());
+                progress!(
+                    "pipeline reached EOS: drain completed in {:.3} s",
+                    drain.requested.seconds_until(&Stamp::now())
+                );
+                self.finish(State::Complete, &reason, &description, None);
+            }
+            None => {
+                progress!("pipeline reached EOS by itself");
+                self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        // Recorded first, so a report made while stopping already lists it.
+        let index = self.signals.len();
+        self.signals.push(SignalReport {
+            signal: signal.as_str().to_owned(),
+            at: Stamp::now().rfc3339(),
+            action: String::new(),
+        });
+        let action = if self.outcome.is_some() {
+            "none (the run had already ended)".to_owned()
+        } else {
+            match signal {
+                Signal::SIGINT => self.interrupt(),
+                _ => self.stop(signal),
+            }
+        };
+        if let Some(record) = self.signals.get_mut(index) {
+            record.action = action;
+        }
+    }
+
+    /// SIGINT: no drain, pipeline to NULL at once.
+    fn interrupt(&mut self) -> String {
+        // An EOS (or ERROR) already on the bus came first: report it as it happened.
+        self.handle_pending();
+        if self.outcome.is_some() {
+            progress!("SIGINT: the run had already ended");
+            return "none (the run had already ended)".to_owned();
+        }
+        let during = match &self.drain {
+            Some(drain) => format!(" (interrupting the drain: {})", drain.reason),
+            None => String::new(),
+        };
+        progress!("SIGINT: stopping at once, no drain{during}");
+        if let Some(record) = self.signals.last_mut() {
+            record.action = "stop".to_owned();
+        }
+        self.finish(
+            State::Failed,
+            reasons::INTERRUPTED,
+            reasons::INTERRUPTED_TEXT,
+            None,
+        );
+        "stop".to_owned()
+    }
+
+    /// SIGTERM or SIGHUP: drain with reason stop-requested.
+    fn stop(&mut self, signal: Signal) -> String {
+        self.handle_pending();
+        if self.outcome.is_some() {
+            progress!("{signal}: the run had already ended");
+            return "none (the run had already ended)".to_owned();
+        }
+        if let Some(drain) = &self.drain {
+            progress!(
+                "{signal}: a drain ({}) is already under way; still waiting for it \
+                 (SIGINT stops at once)",
+                drain.reason
+            );
+            return "none (already draining)".to_owned();
+        }
+
+        let reason = EndReason::StopRequested;
+        progress!("{signal}: graceful stop, draining ({})", reason.as_str());
+        self.drain = Some(Drain::requested(&reason));
+        self.enter(State::Ending, "");
+        // The drain timeout counts from the signal, whatever happens next.
+        self.start_timer();
+        if self.playing {
+            self.send_stop(signal.as_str());
+        } else {
+            // An EOS sent while the sources are still starting is lost: send it
+            // once the pipeline plays (or give up at the drain timeout).
+            progress!("{signal}: the pipeline is not playing yet; draining as soon as it is");
+            self.stop_deferred = true;
+        }
+        "drain".to_owned()
+    }
+
+    /// Sends the stop request: cpuguard's `drain` action (reason
+    /// stop-requested), or EOS to the pipeline when there is no cpuguard.
+    fn send_stop(&mut self, why: &str) {
+        let drainable: Vec<gst::Element> = self
+            .guards
+            .iter()
+            .filter(|g| guard::can_drain(g))
+            .cloned()
+            .collect();
+        let Some(drain) = self.drain.as_mut() else {
+            return;
+        };
+        if drainable.is_empty() {
+            // No cpuguard: EOS from every source, as gst-launch-1.0 -e does on
+            // Ctrl-C, but the way cpuguard sends it (IDLE probes from a pool
+            // thread): a pipeline-level send_event holds the pipeline's state
+            // lock while a blocked sink keeps it waiting, and NULL would then
+            // deadlock.
+            drain.trigger = Some("eos".to_owned());
+            progress!("{why}: no cpuguard: EOS sent to the pipeline's sources");
+            let sources = gstcpuguard::cpuguard::drain::push_eos_from_sources(
+                self.pipeline.upcast_ref(),
+                |pad| {
+                    crate::progress::line(format_args!(
+                        "warning: {} refused EOS; waiting for the pipeline to end anyway \
+                         (SIGINT stops at once)",
+                        pad.name()
+                    ))
+                },
+            );
+            if sources == 0 {
+                progress!("warning: the pipeline has no source to send EOS from");
+            }
+            return;
+        }
+        // One accepted request is enough: cpuguard sends EOS to the whole pipeline.
+        let accepted = drainable.iter().find(|g| {
+            g.emit_by_name_with_values("drain", &[drain.reason.to_value()])
+                .and_then(|v| v.get::<bool>().ok())
+                .unwrap_or(false)
+        });
+        match accepted {
+            Some(guard) => {
+                drain.element = Some(guard.name().to_string());
+                drain.awaiting_echo = true;
+                progress!("{why}: drain requested through {}", guard.name());
+            }
+            None => {
+                // Every cpuguard has drained already: its message is on its way.
+                drain.confirmed = false;
+                progress!("{why}: cpuguard is already draining; waiting for it");
+            }
+        }
+    }
+
+    fn start_timer(&mut self) {
+        let Some(ms) = self.drain_timeout_ms else {
+            return;
+        };
+        if self.timer.is_some() {
+            return;
+        }
+        let me = self.me.clone();
+        self.timer = Some(glib::timeout_add_local(
+            Duration::from_millis(u64::from(ms)),
+            move || {
+                if let Some(supervisor) = me.upgrade() {
+                    let mut s = supervisor.borrow_mut();
+                    // This source ends now: never remove it again.
+                    s.timer = None;
+                    s.on_drain_timeout(ms);
+                }
+                glib::ControlFlow::Break
+            },
+        ));
+    }
+
+    fn on_drain_timeout(&mut self, ms: u32) {
+        // An EOS already on the bus arrived in time.
+        self.handle_pending();
+        if self.outcome.is_some() || self.state != State::Ending {
+            return;
+        }
+        let reason = self
+            .drain
+            .as_ref()
+            .map_or_else(|| "unknown".to_owned(), |d| d.reason.clone());
+        let text = format!("Drain ({reason}) did not complete within the drain timeout ({ms} ms)");
+        progress!("{text}: stopping the pipeline");
+        self.finish(
+            State::Failed,
+            reasons::DRAIN_TIMEOUT,
+            reasons::DRAIN_TIMEOUT_TEXT,
+            Some((text, None, None)),
+        );
+    }
+
+    /// Ends the run once: cancels the drain timer, stops the pipeline, enters
+    /// the final state and quits the main loop.
+    fn finish(
+        &mut self,
+        status: State,
+        reason: &str,
+        end_reason: &str,
+        error: Option<(String, Option<String>, Option<String>)>,
+    ) {
+        if self.outcome.is_some() {
+            return;
+        }
+        if let Some(timer) = self.timer.take() {
+            timer.remove();
+        }
+        let exit_code = match (status, reason) {
+            (State::Complete, _) => exit::COMPLETE,
+            (_, reasons::INTERRUPTED) => exit::INTERRUPTED,
+            _ => exit::FAILED,
+        };
+        let (error, error_source, error_debug) = match error {
+            Some((text, source, debug)) => (Some(text), source, debug),
+            None => (None, None, None),
+        };
+        self.outcome = Some(Outcome {
+            status,
+            reason: reason.to_owned(),
+            end_reason: end_reason.to_owned(),
+            error,
+            error_source,
+            error_debug,
+            exit_code,
+            at: Stamp::now(),
+        });
+        if let Some(drain) = self.drain.as_mut() {
+            drain.ended = Some(Stamp::now());
+        }
+
+        self.stop_pipeline();
+        if let Some(outcome) = self.outcome.as_mut() {
+            outcome.at = Stamp::now();
+        }
+        let detail = format!(
+            ": {end_reason} ({reason}) after {:.3} s; exit {exit_code}",
+            self.started.seconds_until(&Stamp::now())
+        );
+        self.enter(status, &detail);
+        self.main_loop.quit();
+    }
+
+    /// Pipeline to NULL. Setting NULL unblocks sinks waiting in render or
+    /// preroll; if an element still hangs, a watchdog emits the result and
+    /// exits after [`STOP_GRACE`] so the process never outlives its drain
+    /// timeout by more than that.
+    fn stop_pipeline(&mut self) {
+        let mut report = self.report();
+        let (done, waiting) = mpsc::channel::<()>();
+        let output = self.output.clone();
+        let watchdog = std::thread::Builder::new()
+            .name("cpuguard-run-stop".to_owned())
+            .spawn(move || {
+                if waiting.recv_timeout(STOP_GRACE) == Err(mpsc::RecvTimeoutError::Timeout) {
+                    let note = format!(
+                        "the pipeline did not stop within {} s",
+                        STOP_GRACE.as_secs()
+                    );
+                    crate::progress::line(format_args!("{note}: exiting anyway"));
+                    report.error = Some(match report.error.take() {
+                        Some(text) => format!("{text}; {note}"),
+                        None => note,
+                    });
+                    // The outcome stands (a finished drain stays COMPLETE):
+                    // only the teardown hung.
+                    report.states.push(StateChange {
+                        state: report.status,
+                        at: Stamp::now().rfc3339(),
+                    });
+                    output.emit(&report);
+                    std::process::exit(i32::from(report.exit_code));
+                }
+            });
+        // Sinks first, each on its own. An EOS being sent to the pipeline (by
+        // cpuguard's drain, or by us) holds the pipeline's state lock while the
+        // sources wait for their streaming threads, and a blocked sink keeps
+        // those threads: setting the pipeline itself to NULL would wait on that
+        // lock forever. A sink leaving PLAYING unblocks its streaming thread.
+        for sink in self.pipeline.iterate_sinks().into_iter().flatten() {
+            let _ = sink.set_state(gst::State::Ready);
+        }
+        if self.pipeline.set_state(gst::State::Null).is_err() {
+            progress!("warning: the pipeline did not stop cleanly");
+        }
+        let _ = done.send(());
+        if let Ok(watchdog) = watchdog {
+            let _ = watchdog.join();
+        }
+    }
+
+    fn report(&self) -> Report {
+        let now = Stamp::now();
+        let outcome = self.outcome.clone().unwrap_or_else(|| Outcome {
+            // Only reachable if the main loop stopped without an outcome.
+            status: State::Failed,
+            reason: reasons::ERROR.to_owned(),
+            end_reason: reasons::ERROR_TEXT.to_owned(),
+            error: Some("the run ended without an outcome".to_owned()),
+            error_source: None,
+            error_debug: None,
+            exit_code: exit::FAILED,
+            at: now,
+        });
+        let round_load = |v: f64| (v * 10_000.0).round() / 10_000.0;
+        let drain = self.drain.as_ref().map(|d| DrainReport {
+            reason: d.reason.clone(),
+            description: d.description.clone(),
+            trigger: d.trigger.clone(),
+            element: d.element.clone(),
+            load: d.load.map(round_load),
+            threshold: d.threshold,
+            source: d.source.clone(),
+            requested_at: d.requested.rfc3339(),
+            completed: d.completed,
+            duration_s: d.requested.seconds_until(&d.ended.unwrap_or(now)),
+            timeout_ms: self.drain_timeout_ms,
+        });
+        Report {
+            status: outcome.status,
+            reason: outcome.reason,
+            end_reason: outcome.end_reason,
+            started_at: self.started.rfc3339(),
+            ended_at: outcome.at.rfc3339(),
+            duration_s: round_ms(self.started.seconds_until(&outcome.at)),
+            peak_load: self.peak_load.map(round_load),
+            last_load: self.last_load.map(round_load),
+            error: outcome.error,
+            error_source: outcome.error_source,
+            error_debug: outcome.error_debug,
+            exit_code: outcome.exit_code,
+            pipeline: self.description.clone(),
+            cpuguard_elements: self.guards.iter().map(|g| g.name().to_string()).collect(),
+            load_source: self.load_source.clone(),
+            drain_requested_at: self.drain.as_ref().map(|d| d.requested.rfc3339()),
+            drain,
+            states: self.states.clone(),
+            signals: self.signals.clone(),
+        }
+    }
+}
+
+/// One line with a cpuguard element's effective settings.
+fn describe_guard(guard: &gst::Element) -> String {
+    let soft: f64 = guard.property("soft-threshold");
+    let hard: f64 = guard.property("hard-threshold");
+    let hold: u32 = guard.property("hold");
+    let interval: u32 = guard.property("interval");
+    let timeout: u32 = guard.property("drain-timeout");
+    let dry_run: bool = guard.property("dry-run");
+    let source = glib::EnumValue::from_value(&guard.property_value("load-source"))
+        .map_or_else(|| "?".to_owned(), |(_, v)| v.nick().to_owned());
+    format!(
+        "cpuguard {}: soft-threshold {soft}, hard-threshold {hard}, hold {hold}, \
+         interval {interval} ms, load-source {source}, drain-timeout {timeout} ms{}",
+        guard.name(),
+        if dry_run { ", dry-run" } else { "" }
+    )
+}
