@@ -3,6 +3,7 @@
 //! The pure parts (`load`, `policy`, `reason`) know nothing of GStreamer so the
 //! element, the coordinator and the supervisor share one tested core.
 
+pub mod coordinator;
 pub mod cpuguard;
 pub mod load;
 pub mod policy;
