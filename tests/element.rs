@@ -34,6 +34,10 @@ fn inspect_interface_has_contract_names_and_defaults() {
     assert_eq!(e.property::<f64>("soft-threshold"), 0.85);
     assert_eq!(e.property::<f64>("hard-threshold"), 0.95);
     assert_eq!(e.property::<u32>("hold"), 3);
+    assert_eq!(e.property::<u32>("release"), 1);
+    let release = e.find_property("release").unwrap();
+    let release = release.downcast_ref::<glib::ParamSpecUInt>().unwrap();
+    assert_eq!((release.minimum(), release.maximum()), (1, 100_000));
     assert_eq!(e.property::<u32>("interval"), 1000);
     assert_eq!(e.property::<u32>("drain-timeout"), 30000);
     assert!(!e.property::<bool>("dry-run"));
@@ -391,8 +395,10 @@ fn missing_load_files_fail_start_with_a_clear_message() {
     }
 }
 
+/// Instances sharing a sampler drain one at a time: the second waits until the
+/// first one's drain has finished (here: its EOS went downstream).
 #[test]
-fn several_instances_drain_independently() {
+fn several_instances_drain_one_at_a_time() {
     let host = FakeHost::new(0.1);
     let make = || {
         guard(&[
@@ -408,33 +414,48 @@ fn several_instances_drain_independently() {
     let (mut hb, bus_b) = harness_with_bus(b.clone());
     let (mut hc, bus_c) = harness_with_bus(c.clone());
     for h in [&mut ha, &mut hb, &mut hc] {
+        h.set_src_caps_str("application/x-test");
         h.play();
     }
+    // An application's drain is not the coordinator's: it blocks nobody.
     assert!(a.emit_by_name::<bool>("drain", &[&"stop-requested"]));
     host.set_load(0.7);
-    for bus in [&bus_b, &bus_c] {
-        let m = wait_for(bus, Duration::from_secs(5), |m| {
-            is_element_message(m, "cpuguard-drain")
-        })
-        .expect("each instance drains on load");
-        assert_eq!(structure_of(&m).get::<&str>("reason").unwrap(), "cpu-limit");
-    }
-    let m = wait_for(&bus_a, Duration::from_secs(5), |m| {
-        is_element_message(m, "cpuguard-drain")
-    })
-    .unwrap();
+    let is_drain = |m: &gst::Message| is_element_message(m, "cpuguard-drain");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (first, mut h_first, second_bus) = loop {
+        assert!(Instant::now() < deadline, "no instance drained on load");
+        if let Some(m) = wait_for(&bus_b, Duration::from_millis(20), is_drain) {
+            break (m, hb, &bus_c);
+        }
+        if let Some(m) = wait_for(&bus_c, Duration::from_millis(20), is_drain) {
+            break (m, hc, &bus_b);
+        }
+    };
+    assert_eq!(
+        structure_of(&first).get::<&str>("reason").unwrap(),
+        "cpu-limit"
+    );
+    // The first drain is in flight (no EOS has left it yet): the other waits.
+    assert!(
+        wait_for(second_bus, Duration::from_millis(400), is_drain).is_none(),
+        "second drain while the first was in flight"
+    );
+    // Without a parent bin the drain ends the branch on its next buffer.
+    assert_eq!(
+        h_first.push(gst::Buffer::from_slice([0u8; 4])),
+        Err(gst::FlowError::Eos)
+    );
+    let m = wait_for(second_bus, Duration::from_secs(10), is_drain)
+        .expect("the next instance drains once the first finished");
+    assert_eq!(structure_of(&m).get::<&str>("reason").unwrap(), "cpu-limit");
+
+    let m = wait_for(&bus_a, Duration::from_secs(5), is_drain).unwrap();
     assert_eq!(
         structure_of(&m).get::<&str>("reason").unwrap(),
         "stop-requested"
     );
     // `a` already drained: no second drain message for the load.
-    assert!(
-        wait_for(&bus_a, Duration::from_millis(300), |m| is_element_message(
-            m,
-            "cpuguard-drain"
-        ))
-        .is_none()
-    );
+    assert!(wait_for(&bus_a, Duration::from_millis(300), is_drain).is_none());
 }
 
 #[test]

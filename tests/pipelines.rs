@@ -300,6 +300,7 @@ fn gst_inspect_documents_the_interface() {
         "Default: 30000",
         "hard-threshold",
         "hold",
+        "release",
         "interval",
         "load-source",
         "(0): auto",

@@ -5,14 +5,16 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::LoadSource;
 use super::drain;
-use super::monitor::Monitor;
-use crate::load::{HostPaths, LoadMeter, LoadSample};
-use crate::policy::{Policy, PolicyConfig, Verdict};
+use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
+use super::threads::StreamingThreads;
+use crate::coordinator::Victim;
+use crate::load::{LoadError, LoadSample, LoadSourceKind};
+use crate::policy::{Policy, PolicyConfig};
 use crate::reason::EndReason;
 
 pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -26,6 +28,7 @@ pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_SOFT: f64 = 0.85;
 const DEFAULT_HARD: f64 = 0.95;
 const DEFAULT_HOLD: u32 = 3;
+const DEFAULT_RELEASE: u32 = 1;
 const DEFAULT_INTERVAL_MS: u32 = 1000;
 const MIN_INTERVAL_MS: u32 = 10;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 30_000;
@@ -36,6 +39,7 @@ struct Settings {
     soft: f64,
     hard: f64,
     hold: u32,
+    release: u32,
     interval_ms: u32,
     load_source: LoadSource,
     drain_timeout_ms: u32,
@@ -49,6 +53,7 @@ impl Default for Settings {
             soft: DEFAULT_SOFT,
             hard: DEFAULT_HARD,
             hold: DEFAULT_HOLD,
+            release: DEFAULT_RELEASE,
             interval_ms: DEFAULT_INTERVAL_MS,
             load_source: LoadSource::default(),
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
@@ -64,7 +69,15 @@ impl Settings {
             soft: self.soft,
             hard: self.hard,
             hold: self.hold,
-            release: 1,
+            release: self.release,
+        }
+    }
+
+    fn sampler_key(&self) -> SamplerKey {
+        SamplerKey {
+            source: self.load_source.into(),
+            root: self.root.clone(),
+            interval: self.interval(),
         }
     }
 
@@ -91,18 +104,13 @@ struct Drain {
     eos_forwarded: bool,
 }
 
-/// Sampling state, owned by whoever runs the tick.
-struct Sampling {
-    meter: LoadMeter,
-    policy: Policy,
-    sample_failing: bool,
-    /// When the next sample is due.
-    due: Instant,
-}
-
 #[derive(Default)]
 struct State {
-    sampling: Option<Sampling>,
+    /// Our membership in the shared sampler while started; the sampler's
+    /// calls for any other id are stale (an earlier start) and ignored.
+    member: Option<u64>,
+    /// The resolved load source while started.
+    source: Option<LoadSourceKind>,
     drain: Option<Drain>,
 }
 
@@ -113,14 +121,23 @@ struct DrainNotice {
     threshold: f64,
     trigger: &'static str,
     source: &'static str,
+    /// CPUs used by the threads streaming through this element.
+    cpu: f64,
 }
 
 pub struct CpuGuard {
     settings: Mutex<Settings>,
     state: Mutex<State>,
-    monitor: Mutex<Option<Monitor>>,
+    /// Apart from `state`: leaving the sampler may join its thread, which
+    /// may be waiting for `state`.
+    registration: Mutex<Option<Registration>>,
+    threads: Arc<StreamingThreads>,
     /// Last load sample as f64 bits, readable without a lock by the `load` property.
     last_load: AtomicU64,
+    /// Last CPU share of our streaming threads, as f64 bits.
+    last_cpu: AtomicU64,
+    /// EOS went through (natural end, or another element's drain): no victim any more.
+    stream_ended: AtomicBool,
     /// Set when EOS must be injected from the streaming thread (no parent bin, or
     /// the sources refused the EOS). Checked per buffer, hence an atomic.
     inject_eos: AtomicBool,
@@ -131,8 +148,11 @@ impl Default for CpuGuard {
         CpuGuard {
             settings: Mutex::default(),
             state: Mutex::default(),
-            monitor: Mutex::default(),
+            registration: Mutex::default(),
+            threads: Arc::default(),
             last_load: AtomicU64::new(0f64.to_bits()),
+            last_cpu: AtomicU64::new(0f64.to_bits()),
+            stream_ended: AtomicBool::new(false),
             inject_eos: AtomicBool::new(false),
         }
     }
@@ -155,31 +175,10 @@ impl CpuGuard {
         f64::from_bits(self.last_load.load(Ordering::Relaxed))
     }
 
-    /// One round of the monitor thread; returns how long to sleep.
-    /// A tick may come early (woken for a drain deadline); sampling keeps to
-    /// its own schedule so every sample covers a full interval.
-    fn tick(&self) -> Duration {
-        let settings = self.settings();
-        let now = Instant::now();
-        let interval = settings.interval();
-        let due = lock(&self.state).sampling.as_ref().map(|s| s.due);
-        let mut next = match due {
-            Some(due) if now < due => due - now,
-            _ => {
-                self.sample(&settings, now);
-                interval
-            }
-        };
-        if let Some(until_deadline) = self.check_drain(now) {
-            next = next.min(until_deadline);
-        }
-        next
-    }
-
     /// Follows a drain in progress: notes completion, or posts the drain-timeout
     /// ERROR once the deadline has passed. Returns the time left to the deadline
     /// when there is one still to wait for.
-    fn check_drain(&self, now: Instant) -> Option<Duration> {
+    pub(super) fn check_drain(&self, now: Instant) -> Option<Duration> {
         let mut state = lock(&self.state);
         let drain = state.drain.as_mut()?;
         if drain.completed || drain.timed_out {
@@ -217,92 +216,103 @@ impl CpuGuard {
         None
     }
 
-    fn sample(&self, settings: &Settings, now: Instant) {
-        let mut state = lock(&self.state);
-        let draining = state.drain.is_some();
-        let Some(sampling) = state.sampling.as_mut() else {
+    /// What the shared sampler needs to know before it decides.
+    pub(super) fn facts(&self) -> MemberFacts {
+        let dry_run = lock(&self.settings).dry_run;
+        let state = lock(&self.state);
+        let drain = state.drain.as_ref();
+        MemberFacts {
+            ending: drain.is_some() || self.stream_ended.load(Ordering::SeqCst),
+            drain_finished: drain.is_some_and(|d| d.completed || d.timed_out),
+            dry_run,
+        }
+    }
+
+    fn is_member(&self, id: u64) -> bool {
+        lock(&self.state).member == Some(id)
+    }
+
+    /// A sample of the shared load, with the CPU our own threads used.
+    pub(super) fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64) {
+        if !self.is_member(id) {
             return;
-        };
-        sampling.due = now + settings.interval();
-        let sample = match sampling.meter.sample(now) {
-            Ok(sample) => {
-                if sampling.sample_failing {
-                    sampling.sample_failing = false;
-                    gst::info!(CAT, imp = self, "Load readable again");
-                }
-                sample
-            }
-            Err(err) => {
-                let first = !sampling.sample_failing;
-                sampling.sample_failing = true;
-                drop(state);
-                // One bus warning per failure streak; the log gets every one.
-                gst::warning!(CAT, imp = self, "No load sample: {err}");
-                if first {
-                    gst::element_imp_warning!(
-                        self,
-                        gst::ResourceError::Read,
-                        ("cpuguard cannot read CPU load: {}", err)
-                    );
-                }
-                return;
-            }
-        };
+        }
         self.last_load
             .store(sample.load.to_bits(), Ordering::Relaxed);
-        let verdict = if draining {
-            None
-        } else {
-            Some(sampling.policy.observe(sample.load))
-        };
-        let count = sampling.policy.above_count();
-        drop(state);
-
+        self.last_cpu.store(cpu.to_bits(), Ordering::Relaxed);
         gst::log!(
             CAT,
             imp = self,
-            "load {:.3} ({}, capacity {:.2} CPUs), above-soft count {count}",
+            "load {:.3} ({}, capacity {:.2} CPUs), own CPU {cpu:.3}",
             sample.load,
             sample.source.as_str(),
             sample.capacity
         );
-        self.post_load(&sample);
+        self.post_load(sample, cpu);
+    }
 
-        if let Some(Verdict::Drain { trigger, threshold }) = verdict {
-            let notice = DrainNotice {
-                reason: EndReason::CpuLimit,
-                load: sample.load,
-                threshold,
-                trigger: trigger.as_str(),
-                source: sample.source.as_str(),
-            };
-            if settings.dry_run {
-                gst::info!(
-                    CAT,
-                    imp = self,
-                    "Dry run: would drain at load {:.3} ({trigger} threshold {threshold})",
-                    sample.load
-                );
-                self.post_drain_message("cpuguard-would-drain", &notice);
-            } else {
-                gst::warning!(
-                    CAT,
-                    imp = self,
-                    "Load {:.3} crossed the {trigger} threshold {threshold}: draining",
-                    sample.load
-                );
-                self.start_drain(notice);
-            }
-        } else if let Some(Verdict::Rising { count, hold }) = verdict {
-            gst::debug!(CAT, imp = self, "Load high for {count}/{hold} samples");
+    pub(super) fn on_sample_error(&self, id: u64, err: &LoadError, first: bool) {
+        if !self.is_member(id) {
+            return;
+        }
+        // One bus warning per failure streak; the log gets every one.
+        gst::warning!(CAT, imp = self, "No load sample: {err}");
+        if first {
+            gst::element_imp_warning!(
+                self,
+                gst::ResourceError::Read,
+                ("cpuguard cannot read CPU load: {}", err)
+            );
         }
     }
 
-    fn post_load(&self, sample: &LoadSample) {
+    /// The sampler chose us as the victim. Returns whether a drain started
+    /// (dry run: whether the report was made).
+    pub(super) fn chosen(
+        &self,
+        id: u64,
+        victim: &Victim<u64>,
+        source: LoadSourceKind,
+        cpu: f64,
+        dry_run: bool,
+    ) -> bool {
+        if !self.is_member(id) {
+            return false;
+        }
+        let notice = DrainNotice {
+            reason: EndReason::CpuLimit,
+            load: victim.load,
+            threshold: victim.threshold,
+            trigger: victim.trigger.as_str(),
+            source: source.as_str(),
+            cpu,
+        };
+        let (trigger, threshold) = (victim.trigger, victim.threshold);
+        if dry_run {
+            gst::info!(
+                CAT,
+                imp = self,
+                "Dry run: would drain at load {:.3} ({trigger} threshold {threshold}, own CPU {cpu:.3})",
+                victim.load
+            );
+            self.post_drain_message("cpuguard-would-drain", &notice);
+            return true;
+        }
+        gst::warning!(
+            CAT,
+            imp = self,
+            "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, the most of its group)",
+            victim.load
+        );
+        self.start_drain(notice)
+    }
+
+    fn post_load(&self, sample: &LoadSample, cpu: f64) {
         let s = gst::Structure::builder("cpuguard-load")
             .field("load", sample.load)
             .field("source", sample.source.as_str())
             .field("capacity", sample.capacity)
+            .field("cpu", cpu)
             .build();
         let _ = self
             .obj()
@@ -317,6 +327,7 @@ impl CpuGuard {
             .field("threshold", notice.threshold)
             .field("trigger", notice.trigger)
             .field("source", notice.source)
+            .field("cpu", notice.cpu)
             .build();
         let _ = self
             .obj()
@@ -383,11 +394,11 @@ impl CpuGuard {
         true
     }
 
-    /// The monitor computes its wait at each tick; a drain deadline set since then
-    /// may be sooner, so make it tick now and wait afresh.
+    /// The sampler computes its wait at each tick; a drain deadline set since
+    /// then may be sooner, so make it tick now and wait afresh.
     fn restart_monitor_wait(&self) {
-        if let Some(monitor) = lock(&self.monitor).as_ref() {
-            monitor.wake();
+        if let Some(registration) = lock(&self.registration).as_ref() {
+            registration.wake();
         }
     }
 
@@ -401,10 +412,7 @@ impl CpuGuard {
             }
         };
         let settings = self.settings();
-        let source = lock(&self.state)
-            .sampling
-            .as_ref()
-            .map_or("none", |s| s.meter.source().as_str());
+        let source = lock(&self.state).source.map_or("none", |s| s.as_str());
         gst::info!(
             CAT,
             imp = self,
@@ -416,6 +424,7 @@ impl CpuGuard {
             threshold: settings.soft,
             trigger: "request",
             source,
+            cpu: f64::from_bits(self.last_cpu.load(Ordering::Relaxed)),
         })
     }
 
@@ -478,6 +487,17 @@ impl ObjectImpl for CpuGuard {
                     .minimum(1)
                     .maximum(100_000)
                     .default_value(DEFAULT_HOLD)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("release")
+                    .nick("Release")
+                    .blurb(
+                        "Consecutive samples below soft-threshold before the above-soft count \
+                         resets (hysteresis; LiveKit Egress uses 5)",
+                    )
+                    .minimum(1)
+                    .maximum(100_000)
+                    .default_value(DEFAULT_RELEASE)
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("interval")
@@ -564,6 +584,7 @@ impl ObjectImpl for CpuGuard {
             "soft-threshold" => settings.soft = value.get().unwrap_or(DEFAULT_SOFT),
             "hard-threshold" => settings.hard = value.get().unwrap_or(DEFAULT_HARD),
             "hold" => settings.hold = value.get().unwrap_or(DEFAULT_HOLD),
+            "release" => settings.release = value.get().unwrap_or(DEFAULT_RELEASE),
             "interval" => settings.interval_ms = value.get().unwrap_or(DEFAULT_INTERVAL_MS),
             "load-source" => settings.load_source = value.get().unwrap_or_default(),
             "drain-timeout" => {
@@ -588,6 +609,7 @@ impl ObjectImpl for CpuGuard {
             "soft-threshold" => settings.soft.to_value(),
             "hard-threshold" => settings.hard.to_value(),
             "hold" => settings.hold.to_value(),
+            "release" => settings.release.to_value(),
             "interval" => settings.interval_ms.to_value(),
             "load-source" => settings.load_source.to_value(),
             "drain-timeout" => settings.drain_timeout_ms.to_value(),
@@ -615,12 +637,18 @@ impl ElementImpl for CpuGuard {
                 "Generic",
                 "Pass-through that watches CPU load (process, cgroup, system or PSI) and, when it \
                  stays above soft-threshold for hold samples or reaches hard-threshold, drains the \
-                 whole pipeline with EOS so muxers finalize their files. The end reason travels in \
-                 a cpuguard-drain element message (reason, description, load, threshold, trigger, \
-                 source), a cpuguard-end-reason tag pushed before EOS and posted on the bus, and a \
-                 reason field on the EOS event. A cpuguard-load element message (load, source, \
-                 capacity) is posted at every sample. Action signal drain(reason) drains on \
-                 request. If the drain does not complete within drain-timeout, an ERROR is posted.",
+                 whole pipeline with EOS so muxers finalize their files. A sample below \
+                 soft-threshold resets the count only after release such samples in a row. All \
+                 cpuguard elements of a process with the same load-source, root and interval share \
+                 one sampling thread; those that also share thresholds, hold, release and dry-run \
+                 drain one at a time, the one whose streaming threads use the most CPU first, the \
+                 next only after that drain finished and load is still high. The end reason \
+                 travels in a cpuguard-drain element message (reason, description, load, \
+                 threshold, trigger, source, cpu), a cpuguard-end-reason tag pushed before EOS and \
+                 posted on the bus, and a reason field on the EOS event. A cpuguard-load element \
+                 message (load, source, capacity, cpu) is posted at every sample. Action signal \
+                 drain(reason) drains on request. If the drain does not complete within \
+                 drain-timeout, an ERROR is posted.",
                 "cpuguard developers",
             )
         });
@@ -653,78 +681,87 @@ impl BaseTransformImpl for CpuGuard {
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings();
-        let policy = Policy::new(settings.policy_config()).map_err(|err| {
+        let config = settings.policy_config();
+        Policy::new(config).map_err(|err| {
             gst::error_msg!(
                 gst::LibraryError::Settings,
                 ("Invalid cpuguard settings: {}", err)
             )
         })?;
-        let paths = HostPaths::under(&settings.root);
-        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let meter = LoadMeter::new(settings.load_source.into(), &paths, pid).map_err(|err| {
-            gst::error_msg!(
+        *lock(&self.state) = State::default();
+        self.inject_eos.store(false, Ordering::SeqCst);
+        self.stream_ended.store(false, Ordering::SeqCst);
+        self.last_load.store(0f64.to_bits(), Ordering::Relaxed);
+        self.last_cpu.store(0f64.to_bits(), Ordering::Relaxed);
+        self.threads.clear();
+
+        let policy = PolicyKey {
+            config,
+            dry_run: settings.dry_run,
+        };
+        let registration = sampler::register(
+            &self.obj(),
+            settings.sampler_key(),
+            policy,
+            self.threads.clone(),
+        )
+        .map_err(|err| match err {
+            sampler::RegisterError::Policy(err) => gst::error_msg!(
+                gst::LibraryError::Settings,
+                ("Invalid cpuguard settings: {}", err)
+            ),
+            sampler::RegisterError::Meter(err) => gst::error_msg!(
                 gst::ResourceError::OpenRead,
                 (
                     "cpuguard cannot measure load with load-source={}: {}",
-                    crate::load::LoadSourceKind::from(settings.load_source).as_str(),
+                    LoadSourceKind::from(settings.load_source).as_str(),
                     err
                 )
-            )
+            ),
+            sampler::RegisterError::Thread(err) => gst::error_msg!(
+                gst::CoreError::Thread,
+                ("cpuguard cannot start its sampling thread: {}", err)
+            ),
         })?;
-        gst::info!(CAT, imp = self, "Measuring load: {}", meter.describe());
-
+        gst::info!(
+            CAT,
+            imp = self,
+            "Measuring load (shared by every cpuguard with load-source, root and interval \
+             like ours): {}",
+            registration.describe()
+        );
         {
             let mut state = lock(&self.state);
-            *state = State {
-                sampling: Some(Sampling {
-                    meter,
-                    policy,
-                    sample_failing: false,
-                    due: Instant::now() + settings.interval(),
-                }),
-                drain: None,
-            };
+            state.member = Some(registration.id());
+            state.source = Some(registration.source());
         }
-        self.inject_eos.store(false, Ordering::SeqCst);
-        self.last_load.store(0f64.to_bits(), Ordering::Relaxed);
+        let previous = lock(&self.registration).replace(registration);
+        drop(previous);
         // Deactivation clears passthrough; caps-less streams (fakesrc) need it
         // again before the first buffer.
         self.obj().set_passthrough(true);
-
-        let weak = self.obj().downgrade();
-        let interval = settings.interval();
-        // The baseline was just taken: the first sample comes one interval later,
-        // so it covers a full interval.
-        let monitor = Monitor::spawn(
-            &format!("cpuguard:{}", self.obj().name()),
-            interval,
-            move || {
-                let obj = weak.upgrade()?;
-                Some(obj.imp().tick())
-            },
-        )
-        .map_err(|err| {
-            gst::error_msg!(
-                gst::CoreError::Thread,
-                ("cpuguard cannot start its sampling thread: {}", err)
-            )
-        })?;
-        *lock(&self.monitor) = Some(monitor);
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
-        // Take the monitor out first so no lock is held while it joins.
-        let monitor = lock(&self.monitor).take();
-        if let Some(monitor) = monitor {
-            monitor.stop();
-        }
+        // Refuse the sampler's calls from now on: a round already under way
+        // may still hold this element.
+        lock(&self.state).member = None;
+        // Taken out first so no lock is held if leaving joins the sampler thread.
+        let registration = lock(&self.registration).take();
+        drop(registration);
         *lock(&self.state) = State::default();
         self.inject_eos.store(false, Ordering::SeqCst);
         Ok(())
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
+        self.threads.note_current();
+        match event.type_() {
+            gst::EventType::Eos => self.stream_ended.store(true, Ordering::SeqCst),
+            gst::EventType::FlushStop => self.stream_ended.store(false, Ordering::SeqCst),
+            _ => {}
+        }
         match event.view() {
             gst::EventView::Eos(eos) if self.has_drain() => {
                 if self.forward_tagged_eos(Some(eos.seqnum())) {
@@ -748,6 +785,7 @@ impl BaseTransformImpl for CpuGuard {
         &self,
         _buf: &gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.threads.note_current();
         if self.inject_eos.load(Ordering::Relaxed) && self.inject_eos.swap(false, Ordering::SeqCst)
         {
             gst::info!(

@@ -7,6 +7,10 @@ use gst::prelude::*;
 pub mod drain;
 mod imp;
 mod monitor;
+mod sampler;
+mod threads;
+
+pub use sampler::SAMPLER_THREAD_NAME;
 
 glib::wrapper! {
     pub struct CpuGuard(ObjectSubclass<imp::CpuGuard>) @extends gst_base::BaseTransform, gst::Element, gst::Object;

@@ -1,0 +1,424 @@
+//! One sampler shared by every cpuguard instance of the process.
+//!
+//! Instances that measure the same thing (same load source, root and
+//! interval) join one group: one thread, one [`LoadMeter`], one read of the
+//! load files per interval, however many pipelines run. Within a group, the
+//! instances with the same policy (thresholds, hold, release, dry-run) share
+//! one [`Coordinator`], which picks the instance using the most CPU as the
+//! victim and drains one at a time. Instances with different thresholds
+//! still share the sample but are judged by their own coordinator, so each
+//! policy can have its own drain in flight. Dry-run instances have their own
+//! coordinators: they report which of them would drain and never hold up, or
+//! stand in for, a real drain.
+//!
+//! Locks: the registry before a group's state before its monitor; no lock is
+//! held while calling into an element (messages, drains), and elements never
+//! call in here while holding their own state lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+
+use super::monitor::Monitor;
+use super::threads::{CpuUse, StreamingThreads};
+use crate::coordinator::{Candidate, Coordinator, Decision, Victim};
+use crate::load::{HostPaths, LoadError, LoadMeter, LoadSample, LoadSourceKind};
+use crate::policy::{ConfigError, PolicyConfig, Verdict};
+
+/// Name of every sampler thread (at most 15 bytes: what /proc shows as `comm`).
+pub const SAMPLER_THREAD_NAME: &str = "cpuguard-meter";
+
+/// What instances must agree on to share a sample.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct SamplerKey {
+    pub source: LoadSourceKind,
+    pub root: String,
+    pub interval: Duration,
+}
+
+/// What instances must agree on to share a coordinator.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct PolicyKey {
+    pub config: PolicyConfig,
+    pub dry_run: bool,
+}
+
+/// An instance's state as the sampler needs it, read before any group lock.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MemberFacts {
+    /// Draining or past EOS: never a victim.
+    pub ending: bool,
+    /// Its drain completed or timed out.
+    pub drain_finished: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RegisterError {
+    #[error("{0}")]
+    Policy(#[from] ConfigError),
+    #[error("{0}")]
+    Meter(#[from] LoadError),
+    #[error("cannot start the sampling thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+type Element = super::CpuGuard;
+
+struct Member {
+    id: u64,
+    element: glib::WeakRef<Element>,
+    policy: PolicyKey,
+    threads: Arc<StreamingThreads>,
+    cpu: CpuUse,
+}
+
+struct GroupState {
+    meter: LoadMeter,
+    members: Vec<Member>,
+    coordinators: Vec<(PolicyKey, Coordinator<u64>)>,
+    due: Instant,
+    failing: bool,
+}
+
+struct Group {
+    key: SamplerKey,
+    source: LoadSourceKind,
+    description: String,
+    state: Mutex<GroupState>,
+    monitor: Mutex<Option<Monitor>>,
+}
+
+static REGISTRY: LazyLock<Mutex<HashMap<SamplerKey, Arc<Group>>>> = LazyLock::new(Mutex::default);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An instance's membership; leaving the group is dropping it. Drop it with
+/// no element lock held: the last one out joins the sampler thread.
+pub(super) struct Registration {
+    group: Arc<Group>,
+    id: u64,
+}
+
+impl Registration {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The resolved load source, never `Auto`.
+    pub fn source(&self) -> LoadSourceKind {
+        self.group.source
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.group.description
+    }
+
+    /// Makes the sampler look at drains now (a new deadline may be sooner
+    /// than its current wait).
+    pub fn wake(&self) {
+        if let Some(monitor) = lock(&self.group.monitor).as_ref() {
+            monitor.wake();
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let monitor = {
+            let mut registry = lock(&REGISTRY);
+            let mut state = lock(&self.group.state);
+            let GroupState {
+                members,
+                coordinators,
+                ..
+            } = &mut *state;
+            members.retain(|m| m.id != self.id);
+            coordinators.retain(|(policy, _)| members.iter().any(|m| m.policy == *policy));
+            if !members.is_empty() {
+                return;
+            }
+            if registry
+                .get(&self.group.key)
+                .is_some_and(|g| Arc::ptr_eq(g, &self.group))
+            {
+                registry.remove(&self.group.key);
+            }
+            lock(&self.group.monitor).take()
+        };
+        if let Some(monitor) = monitor {
+            monitor.stop();
+        }
+    }
+}
+
+/// Joins (or starts) the group for `key`. The group's first sample comes one
+/// interval after it started, so it covers a full interval.
+pub(super) fn register(
+    element: &Element,
+    key: SamplerKey,
+    policy: PolicyKey,
+    threads: Arc<StreamingThreads>,
+) -> Result<Registration, RegisterError> {
+    let coordinator = Coordinator::new(policy.config)?;
+    let mut registry = lock(&REGISTRY);
+    let group = match registry.get(&key) {
+        Some(group) => group.clone(),
+        None => {
+            let group = Group::start(key.clone())?;
+            registry.insert(key, group.clone());
+            group
+        }
+    };
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut state = lock(&group.state);
+        if !state.coordinators.iter().any(|(p, _)| *p == policy) {
+            state.coordinators.push((policy, coordinator));
+        }
+        state.members.push(Member {
+            id,
+            element: element.downgrade(),
+            policy,
+            threads,
+            cpu: CpuUse::default(),
+        });
+    }
+    drop(registry);
+    Ok(Registration { group, id })
+}
+
+/// One drain decision, carried out once the group lock is released.
+struct Chosen {
+    victim: Victim<u64>,
+    policy: PolicyKey,
+    cpu: f64,
+    dry_run: bool,
+}
+
+enum Outcome {
+    Sampled {
+        sample: LoadSample,
+        cpu: HashMap<u64, f64>,
+        chosen: Vec<Chosen>,
+    },
+    Failed {
+        err: LoadError,
+        first: bool,
+    },
+}
+
+impl Group {
+    fn start(key: SamplerKey) -> Result<Arc<Group>, RegisterError> {
+        let paths = HostPaths::under(&key.root);
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let meter = LoadMeter::new(key.source, &paths, pid)?;
+        let interval = key.interval;
+        let group = Arc::new(Group {
+            source: meter.source(),
+            description: meter.describe(),
+            key,
+            state: Mutex::new(GroupState {
+                meter,
+                members: Vec::new(),
+                coordinators: Vec::new(),
+                due: Instant::now() + interval,
+                failing: false,
+            }),
+            monitor: Mutex::new(None),
+        });
+        // Weak: the group lives as long as it has members, not as long as its thread.
+        let weak = Arc::downgrade(&group);
+        let monitor = Monitor::spawn(SAMPLER_THREAD_NAME, interval, move || {
+            Weak::upgrade(&weak).map(|group| group.tick())
+        })?;
+        *lock(&group.monitor) = Some(monitor);
+        Ok(group)
+    }
+
+    fn members(&self) -> Vec<(u64, Element)> {
+        lock(&self.state)
+            .members
+            .iter()
+            .filter_map(|m| Some((m.id, m.element.upgrade()?)))
+            .collect()
+    }
+
+    /// One round of the thread: follow drains, sample when due; returns how
+    /// long to wait. A round may come early (woken for a drain deadline);
+    /// sampling keeps to its schedule so every sample covers a full interval.
+    fn tick(&self) -> Duration {
+        let members = self.members();
+        let now = Instant::now();
+        let mut next_deadline = None::<Duration>;
+        for (_, element) in &members {
+            if let Some(left) = element.imp().check_drain(now) {
+                next_deadline = Some(next_deadline.map_or(left, |d| d.min(left)));
+            }
+        }
+        if now >= lock(&self.state).due {
+            let facts: HashMap<u64, MemberFacts> = members
+                .iter()
+                .map(|(id, element)| (*id, element.imp().facts()))
+                .collect();
+            let outcome = lock(&self.state).sample(now, self.key.interval, &facts);
+            self.deliver(outcome, &members);
+        }
+        let until_due = lock(&self.state)
+            .due
+            .saturating_duration_since(Instant::now());
+        next_deadline.map_or(until_due, |d| d.min(until_due))
+    }
+
+    fn deliver(&self, outcome: Outcome, members: &[(u64, Element)]) {
+        let (sample, cpu, chosen) = match outcome {
+            Outcome::Failed { err, first } => {
+                for (id, element) in members {
+                    element.imp().on_sample_error(*id, &err, first);
+                }
+                return;
+            }
+            Outcome::Sampled {
+                sample,
+                cpu,
+                chosen,
+            } => (sample, cpu, chosen),
+        };
+        for (id, element) in members {
+            let own = cpu.get(id).copied().unwrap_or(0.0);
+            element.imp().on_sample(*id, &sample, own);
+        }
+        for chosen in chosen {
+            let id = chosen.victim.id;
+            let started = members
+                .iter()
+                .find(|(member, _)| *member == id)
+                .is_some_and(|(_, element)| {
+                    element.imp().chosen(
+                        id,
+                        &chosen.victim,
+                        sample.source,
+                        chosen.cpu,
+                        chosen.dry_run,
+                    )
+                });
+            if !started && !chosen.dry_run {
+                // It stopped, or an application drain got there first: free the slot.
+                self.finished(chosen.policy, id);
+            }
+        }
+    }
+
+    fn finished(&self, policy: PolicyKey, id: u64) {
+        let mut state = lock(&self.state);
+        if let Some((_, coordinator)) = state.coordinators.iter_mut().find(|(p, _)| *p == policy) {
+            coordinator.finished(&id);
+        }
+    }
+}
+
+impl GroupState {
+    fn sample(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        facts: &HashMap<u64, MemberFacts>,
+    ) -> Outcome {
+        self.due = now + interval;
+        let sample = match self.meter.sample(now) {
+            Ok(sample) => sample,
+            Err(err) => {
+                let first = !self.failing;
+                self.failing = true;
+                return Outcome::Failed { err, first };
+            }
+        };
+        if std::mem::take(&mut self.failing) {
+            gst::info!(super::imp::CAT, "Load readable again");
+        }
+        let mut cpu = HashMap::new();
+        for member in &mut self.members {
+            if facts.contains_key(&member.id) {
+                cpu.insert(member.id, member.cpu.update(&member.threads, now));
+            }
+        }
+        let mut chosen = Vec::new();
+        for (policy, coordinator) in &mut self.coordinators {
+            if let Some(id) = coordinator.in_flight().copied()
+                && facts.get(&id).is_some_and(|f| f.drain_finished)
+            {
+                coordinator.finished(&id);
+            }
+            // Only members whose facts were read: one that joined since then
+            // waits for the next sample.
+            let candidates: Vec<Candidate<u64>> = self
+                .members
+                .iter()
+                .filter(|m| m.policy == *policy)
+                .filter_map(|m| {
+                    let f = facts.get(&m.id)?;
+                    Some(Candidate {
+                        id: m.id,
+                        cpu: m.cpu.last(),
+                        ending: f.ending,
+                    })
+                })
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            match coordinator.observe(sample.load, &candidates) {
+                Decision::Drain(victim) => {
+                    let dry_run = facts.get(&victim.id).is_some_and(|f| f.dry_run);
+                    if dry_run {
+                        // Nothing will drain: never let it block the next decision.
+                        coordinator.finished(&victim.id);
+                    }
+                    chosen.push(Chosen {
+                        cpu: cpu.get(&victim.id).copied().unwrap_or(0.0),
+                        victim,
+                        policy: *policy,
+                        dry_run,
+                    });
+                }
+                Decision::Wait(Verdict::Rising { count, hold }) => {
+                    gst::debug!(
+                        super::imp::CAT,
+                        "Load {:.3} high for {count}/{hold} samples",
+                        sample.load
+                    );
+                }
+                Decision::InFlight(id) => {
+                    gst::debug!(
+                        super::imp::CAT,
+                        "Load {:.3}: waiting for the drain of instance {id} to finish",
+                        sample.load
+                    );
+                }
+                Decision::NoCandidate => {
+                    gst::debug!(
+                        super::imp::CAT,
+                        "Load {:.3} calls for a drain but every instance is already ending",
+                        sample.load
+                    );
+                }
+                Decision::Wait(_) => {}
+            }
+        }
+        Outcome::Sampled {
+            sample,
+            cpu,
+            chosen,
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Which threads stream through an element, and how much CPU they use.
+//!
+//! CPU is attributed to a cpuguard instance through the threads that pushed
+//! data through it: a streaming thread runs its whole branch, from the source
+//! or queue that owns it down to the next queue or sink, so the CPU of those
+//! threads is the CPU the instance's branch costs. Threads of other branches
+//! of the same pipeline (behind a queue, or inside an encoder's own thread
+//! pool) are not seen; they are not counted.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Instant;
+
+use crate::load::{HostPaths, thread_cpu_seconds};
+
+thread_local! {
+    /// gettid is a syscall; a streaming thread asks once per buffer, so keep it.
+    static TID: i32 = nix::unistd::gettid().as_raw();
+}
+
+fn current_tid() -> i32 {
+    TID.with(|tid| *tid)
+}
+
+/// The threads that streamed through one element. Noting is a hot-path call
+/// (every buffer): one relaxed load when the thread is the last one seen.
+#[derive(Debug, Default)]
+pub struct StreamingThreads {
+    last: AtomicI32,
+    seen: Mutex<Vec<i32>>,
+}
+
+impl StreamingThreads {
+    pub fn note_current(&self) {
+        let tid = current_tid();
+        if self.last.load(Ordering::Relaxed) != tid {
+            self.note(tid);
+        }
+    }
+
+    fn note(&self, tid: i32) {
+        let mut seen = lock(&self.seen);
+        if !seen.contains(&tid) {
+            seen.push(tid);
+        }
+        self.last.store(tid, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<i32> {
+        lock(&self.seen).clone()
+    }
+
+    /// Drops a thread that has exited, so the list does not grow with every
+    /// pool thread that ever pushed, and a reused tid is noted afresh.
+    fn forget(&self, tid: i32) {
+        lock(&self.seen).retain(|&t| t != tid);
+        let _ = self
+            .last
+            .compare_exchange(tid, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub fn clear(&self) {
+        lock(&self.seen).clear();
+        self.last.store(0, Ordering::Relaxed);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// CPU use of one instance's threads between samples, in CPUs.
+#[derive(Debug, Default)]
+pub struct CpuUse {
+    /// Cumulative CPU seconds of each thread at the previous sample.
+    previous: HashMap<i32, f64>,
+    at: Option<Instant>,
+    /// Smoothed over about two samples: utime/stime count whole clock ticks,
+    /// so a single short window can misrank two pipelines by a tick.
+    smoothed: Option<f64>,
+}
+
+impl CpuUse {
+    /// Reads every thread's CPU time from this process's own /proc (never the
+    /// element's `root`: that may be a fixture or another namespace's /proc).
+    /// A thread seen for the first time only sets its baseline, since pool
+    /// threads may have worked for someone else before. Exited threads are
+    /// forgotten.
+    pub fn update(&mut self, threads: &StreamingThreads, now: Instant) -> f64 {
+        let paths = HostPaths::system();
+        let pid = own_pid();
+        let mut used = 0.0;
+        let mut current = HashMap::new();
+        for tid in threads.snapshot() {
+            match thread_cpu_seconds(&paths, pid, tid) {
+                Ok(seconds) => {
+                    if let Some(before) = self.previous.get(&tid) {
+                        used += (seconds - before).max(0.0);
+                    }
+                    current.insert(tid, seconds);
+                }
+                Err(_) => threads.forget(tid),
+            }
+        }
+        self.previous = current;
+        let share = match self.at.replace(now) {
+            Some(at) if now > at => used / now.duration_since(at).as_secs_f64(),
+            // No window yet: nothing to say, and a 0 would drag the average.
+            _ => return self.last(),
+        };
+        let smoothed = match self.smoothed {
+            Some(prev) => (prev + share) / 2.0,
+            None => share,
+        };
+        self.smoothed = Some(smoothed);
+        smoothed
+    }
+
+    /// The last value `update` returned (0 before the first).
+    pub fn last(&self) -> f64 {
+        self.smoothed.unwrap_or(0.0)
+    }
+}
+
+fn own_pid() -> i32 {
+    i32::try_from(std::process::id()).unwrap_or(i32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn notes_each_thread_once() {
+        let threads = StreamingThreads::default();
+        threads.note_current();
+        threads.note_current();
+        std::thread::scope(|s| {
+            s.spawn(|| threads.note_current());
+        });
+        threads.note_current();
+        let seen = threads.snapshot();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(seen.contains(&current_tid()));
+    }
+
+    #[test]
+    fn busy_thread_reads_more_cpu_and_exited_threads_are_forgotten() {
+        let threads = StreamingThreads::default();
+        let mut cpu = CpuUse::default();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                threads.note_current();
+                let start = Instant::now();
+                cpu.update(&threads, start);
+                // Spin in rounds until clock ticks show: on a loaded machine the
+                // thread may get little CPU, so bound the wait, not the share.
+                loop {
+                    let round = Instant::now();
+                    while round.elapsed() < Duration::from_millis(100) {
+                        std::hint::black_box(0u64);
+                    }
+                    let used = cpu.update(&threads, Instant::now());
+                    if used > 0.0 {
+                        break;
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(20),
+                        "spinning thread still reads {used} CPUs"
+                    );
+                }
+            });
+        });
+        // The kernel may list a joined thread's task for a moment longer.
+        let joined = Instant::now();
+        loop {
+            cpu.update(&threads, Instant::now());
+            if threads.snapshot().is_empty() {
+                break;
+            }
+            assert!(
+                joined.elapsed() < Duration::from_secs(5),
+                "exited thread still noted: {:?}",
+                threads.snapshot()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
