@@ -21,17 +21,34 @@ the right ending:
   SIGTERM, SIGHUP  drain: EOS through cpuguard's drain action (reason stop-requested), \
 wait for the pipeline's EOS so every file is finalized, exit 0. A repeated SIGTERM \
 does not cut the drain short.
+  SIGUSR1          drain with reason cpu-limit (\"CPU limit reached\"), as cpuguard does on \
+high load; multi-pipeline mode uses it to drain the worker it chose.
   SIGINT           stop at once: pipeline to NULL, no drain, exit 130.
 
 A drain started by cpuguard itself (reason cpu-limit) ends the same way. A drain that \
 has not finished within the drain timeout is abandoned (status FAILED, reason \
 drain-timeout). The options override the settings of every cpuguard element in the \
-pipeline. One JSON result is printed on stdout; progress goes to stderr.";
+pipeline. One JSON result is printed on stdout; progress goes to stderr.
+
+Multi-pipeline mode (--pipeline DESC, repeated, and/or --jobs FILE): each pipeline \
+runs in its own worker process (its own process group). The parent samples the \
+load (--load-source, default auto) and each worker's CPU (its whole process tree); \
+its cpuguard elements only measure (dry-run). When --soft-threshold holds for --hold \
+samples, or at once at --hard-threshold, the parent drains only the heaviest worker \
+(SIGUSR1, reason cpu-limit), one drain at a time; the next only once that drain has \
+finished and the load is still high. A drain not done within --drain-timeout is \
+escalated: the worker's process group is killed (FAILED, drain-timeout), whatever \
+the load is by then. SIGTERM/SIGHUP drain every worker (stop-requested), SIGINT \
+stops them all at once (exit 130); a crashing worker fails alone. One JSON line per \
+worker (with its worker id and pid), then a summary line, go to stdout.";
 
 const EXAMPLE: &str = "\
 Example:
   cpuguard-run --soft-threshold 0.8 videotestsrc is-live=true ! x264enc ! h264parse \\
-      ! cpuguard ! mp4mux ! filesink location=rec.mp4";
+      ! cpuguard ! mp4mux ! filesink location=rec.mp4
+  cpuguard-run --soft-threshold 0.8 --release 5 \\
+      --pipeline 'videotestsrc is-live=true ! x264enc ! mp4mux ! filesink location=a.mp4' \\
+      --pipeline 'videotestsrc is-live=true ! x264enc ! mp4mux ! filesink location=b.mp4'";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +87,34 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Consecutive samples below --soft-threshold before the above-soft count resets
+    #[arg(long, value_name = "SAMPLES")]
+    pub release: Option<u32>,
+
+    /// Read /proc and /sys under DIR (host mounts, test fixtures); in
+    /// multi-pipeline mode only for the shared load, never for the workers' CPU
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Run DESC in its own worker process (repeat for more): multi-pipeline mode
+    #[arg(long = "pipeline", value_name = "DESC", conflicts_with = "pipeline")]
+    pub pipelines: Vec<String>,
+
+    /// Run the pipelines in FILE, one description a line (blank lines and lines
+    /// starting with # are skipped): multi-pipeline mode
+    #[arg(long, value_name = "FILE", conflicts_with = "pipeline")]
+    pub jobs: Option<PathBuf>,
+
+    /// Multi-pipeline mode: start waiting jobs only while the load is below
+    /// LOAD (0-1; LiveKit Egress uses 0.8), at most one per interval; without
+    /// it every job starts at once
+    #[arg(long, value_name = "LOAD", value_parser = utilization)]
+    pub max_utilization: Option<f64>,
+
+    /// Internal: run as worker ID of a multi-pipeline parent
+    #[arg(long, value_name = "ID", hide = true, conflicts_with_all = ["pipelines", "jobs"])]
+    pub worker: Option<u32>,
+
     /// Also write the JSON result to FILE (checked before the pipeline starts)
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -79,7 +124,11 @@ pub struct Cli {
     pub eos_on_shutdown: bool,
 
     /// The pipeline, as for gst-launch-1.0; its arguments are joined (options come first)
-    #[arg(value_name = "PIPELINE", required = true, trailing_var_arg = true)]
+    #[arg(
+        value_name = "PIPELINE",
+        required_unless_present_any = ["pipelines", "jobs"],
+        trailing_var_arg = true
+    )]
     pub pipeline: Vec<String>,
 }
 
@@ -93,7 +142,14 @@ impl Cli {
             load_source: self.load_source.clone(),
             drain_timeout: self.drain_timeout,
             dry_run: self.dry_run,
+            release: self.release,
+            root: self.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
         }
+    }
+
+    /// True for multi-pipeline mode (`--pipeline` or `--jobs`).
+    pub fn is_multi(&self) -> bool {
+        !self.pipelines.is_empty() || self.jobs.is_some()
     }
 }
 
@@ -106,7 +162,14 @@ where
 {
     let mut command = command(spec);
     let matches = command.try_get_matches_from_mut(args)?;
-    Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))
+    let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    if cli.max_utilization.is_some() && !cli.is_multi() {
+        return Err(command.error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--max-utilization applies to multi-pipeline mode: give --pipeline or --jobs",
+        ));
+    }
+    Ok(cli)
 }
 
 /// The clap command with help, defaults and value checks taken from `spec`.
@@ -118,6 +181,13 @@ pub fn command(spec: &Spec) -> clap::Command {
         .map(|nick| PossibleValue::new(&*Box::leak(nick.clone().into_boxed_str())))
         .collect();
     let (hold, interval, drain) = (spec.hold, spec.interval, spec.drain_timeout);
+    // An element without the property still gets a checked value, and a
+    // clear error when it is applied (see `Overrides::apply`).
+    let release = spec.release.unwrap_or(UIntSpec {
+        min: 1,
+        max: 100_000,
+        default: 1,
+    });
     Cli::command()
         .after_help(format!("{}\n\n{EXAMPLE}", crate::exit::HELP))
         .mut_arg("soft_threshold", |arg| {
@@ -153,6 +223,18 @@ pub fn command(spec: &Spec) -> clap::Command {
                     "Where load is measured [element default: {}]",
                     spec.load_source_default
                 ))
+        })
+        .mut_arg("release", |arg| {
+            arg.value_parser(count("release", release)).help(format!(
+                "Consecutive samples below --soft-threshold before the above-soft count \
+                 resets: hysteresis, LiveKit Egress uses 5 ({}-{}) [element default: {}]",
+                release.min,
+                release.max,
+                match spec.release {
+                    Some(r) => r.default.to_string(),
+                    None => "none: this cpuguard has no release property".to_owned(),
+                }
+            ))
         })
         .mut_arg("drain_timeout", |arg| {
             arg.value_parser(millis("drain-timeout", drain))
@@ -191,6 +273,15 @@ fn threshold(name: &'static str) -> impl TypedValueParser<Value = f64> {
         config.validate().map_err(|err| err.to_string())?;
         Ok(value)
     }
+}
+
+/// `--max-utilization`: a share of capacity, 0-1.
+fn utilization(text: &str) -> Result<f64, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=1.0).contains(v))
+        .ok_or_else(|| format!("max-utilization must be between 0 and 1, got {text:?}"))
 }
 
 /// A count within the element's range.
@@ -259,6 +350,11 @@ mod tests {
                 max: u32::MAX,
                 default: 30_000,
             },
+            release: Some(UIntSpec {
+                min: 1,
+                max: 100_000,
+                default: 1,
+            }),
             load_sources: ["auto", "process", "cgroup", "system", "psi"]
                 .map(String::from)
                 .to_vec(),

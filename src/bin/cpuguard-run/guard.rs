@@ -25,6 +25,8 @@ pub struct Spec {
     pub hold: UIntSpec,
     pub interval: UIntSpec,
     pub drain_timeout: UIntSpec,
+    /// `None` for a cpuguard without the `release` property (hysteresis).
+    pub release: Option<UIntSpec>,
     pub load_sources: Vec<String>,
     pub load_source_default: String,
 }
@@ -78,6 +80,7 @@ impl Spec {
             hold: uint("hold")?,
             interval: uint("interval")?,
             drain_timeout: uint("drain-timeout")?,
+            release: uint("release").ok(),
             load_sources,
             load_source_default,
         })
@@ -94,6 +97,8 @@ pub struct Overrides {
     pub load_source: Option<String>,
     pub drain_timeout: Option<u32>,
     pub dry_run: bool,
+    pub release: Option<u32>,
+    pub root: Option<String>,
 }
 
 impl Overrides {
@@ -112,6 +117,8 @@ impl Overrides {
         push("hold", self.hold.map(|v| v.to_string()));
         push("interval", self.interval.map(|v| v.to_string()));
         push("load-source", self.load_source.clone());
+        push("release", self.release.map(|v| v.to_string()));
+        push("root", self.root.clone());
         if self.dry_run {
             given.push("--dry-run".to_owned());
         }
@@ -125,7 +132,9 @@ impl Overrides {
             soft: self.soft_threshold.unwrap_or(spec.soft_default),
             hard: self.hard_threshold.unwrap_or(spec.hard_default),
             hold: self.hold.unwrap_or(spec.hold.default),
-            ..PolicyConfig::default()
+            release: self
+                .release
+                .unwrap_or(spec.release.map_or(1, |r| r.default)),
         }
         .validate()
         .map_err(|err| format!("invalid cpuguard settings: {err}"))
@@ -153,6 +162,21 @@ impl Overrides {
         if self.dry_run {
             guard.set_property("dry-run", true);
         }
+        let has_release = guard.find_property("release").is_some();
+        if let Some(v) = self.release {
+            // The property arrived after the supervisor: an older element must
+            // be a clear usage error, not a GLib critical or a panic.
+            if !has_release {
+                return Err(format!(
+                    "--release needs a cpuguard element with the release property; {} has none",
+                    guard.name()
+                ));
+            }
+            guard.set_property("release", v);
+        }
+        if let Some(root) = &self.root {
+            guard.set_property("root", root);
+        }
         if let Some(nick) = &self.load_source {
             let value = guard
                 .find_property("load-source")
@@ -167,7 +191,11 @@ impl Overrides {
             soft: guard.property("soft-threshold"),
             hard: guard.property("hard-threshold"),
             hold: guard.property("hold"),
-            ..PolicyConfig::default()
+            release: if has_release {
+                guard.property("release")
+            } else {
+                1
+            },
         }
         .validate()
         .map_err(|err| format!("invalid cpuguard settings on {}: {err}", guard.name()))

@@ -6,12 +6,15 @@
 //! Modules, one job each: `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
 //! their settings), `pipeline` (parsing the description), `signals` (signals
 //! on the main loop), `supervise` (the run and its state flow), `report` (the
-//! JSON result), `progress` (stderr lines), `exit` (exit codes).
+//! JSON result), `progress` (stderr lines), `exit` (exit codes), `multi`
+//! (multi-pipeline mode: one parent deciding for worker processes, each of
+//! which is this same program in single mode with `--worker ID`).
 
 mod cli;
 mod drain;
 mod exit;
 mod guard;
+mod multi;
 mod pipeline;
 mod progress;
 mod report;
@@ -65,7 +68,15 @@ fn run() -> u8 {
             return u8::try_from(err.exit_code()).unwrap_or(exit::USAGE);
         }
     };
-    let overrides = cli.overrides();
+    if cli.is_multi() {
+        return multi::run(&cli, &spec, &router);
+    }
+    let mut overrides = cli.overrides();
+    if cli.worker.is_some() {
+        // The parent decides for every worker: left to themselves, workers
+        // seeing the same host load would all drain at once.
+        overrides.dry_run = true;
+    }
 
     let (pipeline, description) = match pipeline::build(&cli.pipeline) {
         Ok(built) => built,
@@ -86,7 +97,7 @@ fn run() -> u8 {
             return exit::USAGE;
         }
         let given = overrides.given_element_settings();
-        if !given.is_empty() {
+        if !given.is_empty() && cli.worker.is_none() {
             progress!(
                 "warning: no cpuguard element in the pipeline: {} ignored",
                 given.join(", ")
@@ -125,6 +136,7 @@ fn run() -> u8 {
             description,
             guards,
             drain_timeout_ms: (drain_timeout_ms > 0).then_some(drain_timeout_ms),
+            worker: cli.worker.is_some(),
         },
         &router,
         report::Output::new(report_file),

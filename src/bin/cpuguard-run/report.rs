@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Reasons the supervisor reports besides the drain reasons of
 /// [`gstcpuguard::reason::EndReason`] (`cpu-limit`, `stop-requested`, custom).
@@ -28,7 +28,7 @@ pub mod reasons {
 }
 
 /// The run's phases, as LiveKit Egress names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
     /// The pipeline is being started (not yet PLAYING).
@@ -88,13 +88,13 @@ pub fn round_ms(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateChange {
     pub state: State,
     pub at: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignalReport {
     /// `SIGTERM`, `SIGINT` or `SIGHUP`.
     pub signal: String,
@@ -103,7 +103,7 @@ pub struct SignalReport {
     pub action: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrainReport {
     /// The drain reason (`cpu-limit`, `stop-requested`, ...).
     pub reason: String,
@@ -127,7 +127,7 @@ pub struct DrainReport {
     pub timeout_ms: Option<u32>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// `COMPLETE` or `FAILED`.
     pub status: State,
@@ -202,8 +202,13 @@ impl ReportFile {
         &self.path
     }
 
-    pub fn write(mut self, report: &Report) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(report).map_err(|err| err.to_string())?;
+    pub fn write(self, report: &Report) -> Result<(), String> {
+        self.write_value(report)
+    }
+
+    /// Any result (multi-pipeline mode writes its workers and summary), pretty JSON.
+    pub fn write_value(mut self, value: &impl Serialize) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(value).map_err(|err| err.to_string())?;
         self.file
             .set_len(0)
             .and_then(|()| self.file.rewind())
@@ -211,6 +216,13 @@ impl ReportFile {
             .and_then(|()| self.file.sync_all())
             .map_err(|err| format!("cannot write report file {}: {err}", self.path.display()))
     }
+}
+
+/// Prints one line on stdout and flushes it (a worker's result is read as it
+/// comes); false if stdout is gone, which must not panic.
+pub fn print_line(line: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
 /// Where the result goes, exactly once: stdout, and the report file if any.

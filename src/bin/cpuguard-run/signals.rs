@@ -13,7 +13,14 @@ use std::rc::Rc;
 use nix::sys::signal::Signal;
 
 /// The signals `cpuguard-run` handles, in the order they are installed.
-pub const HANDLED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+/// SIGUSR1 (a CPU-limit drain) is how a multi-pipeline parent drains the
+/// worker it chose; left at its default, it would kill the process.
+pub const HANDLED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
 
 type Callback = Box<dyn FnMut(Signal)>;
 

@@ -5,6 +5,8 @@
 //! - SIGTERM/SIGHUP: drain through cpuguard's `drain` action (reason
 //!   stop-requested), or by sending EOS to the pipeline when it has no
 //!   cpuguard; wait for the pipeline's EOS; COMPLETE. Repeats are ignored.
+//! - SIGUSR1: the same drain with reason cpu-limit (a multi-pipeline parent
+//!   chose this run to relieve the CPU).
 //! - SIGINT: pipeline to NULL at once; FAILED, reason interrupted.
 //! - cpuguard's own drain (`cpuguard-drain` message): ENDING, same wait.
 //! - A drain not done within the drain timeout, or cpuguard's own
@@ -46,6 +48,9 @@ pub struct Setup {
     pub guards: Vec<gst::Element>,
     /// The supervisor's drain deadline in ms; `None` waits forever.
     pub drain_timeout_ms: Option<u32>,
+    /// Worker of a multi-pipeline parent: the parent guards the CPU, so the
+    /// dry-run and no-cpuguard notes would only mislead.
+    pub worker: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +70,7 @@ struct Supervisor {
     description: String,
     guards: Vec<gst::Element>,
     drain_timeout_ms: Option<u32>,
+    worker: bool,
     main_loop: glib::MainLoop,
     output: Arc<Output>,
     me: Weak<RefCell<Supervisor>>,
@@ -95,6 +101,7 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             description: setup.description,
             guards: setup.guards,
             drain_timeout_ms: setup.drain_timeout_ms,
+            worker: setup.worker,
             main_loop: main_loop.clone(),
             output,
             me: me.clone(),
@@ -173,7 +180,7 @@ impl Supervisor {
         for guard in &self.guards {
             progress!("{}", describe_guard(guard));
         }
-        if self.guards.is_empty() {
+        if self.guards.is_empty() && !self.worker {
             progress!(
                 "warning: the pipeline has no cpuguard element: CPU guarding is off; \
                  SIGTERM/SIGHUP still drain it with EOS, SIGINT still stops it"
@@ -285,7 +292,7 @@ impl Supervisor {
                 match s.name().as_str() {
                     "cpuguard-load" => self.on_load(s),
                     "cpuguard-drain" => self.on_guard_drain(s, source),
-                    "cpuguard-would-drain" => {
+                    "cpuguard-would-drain" if !self.worker => {
                         let would = Drain::from_message(s, source.clone());
                         progress!("dry run: {source} would drain: {}", would.summary());
                     }
@@ -387,7 +394,8 @@ impl Supervisor {
         } else {
             match signal {
                 Signal::SIGINT => self.interrupt(),
-                _ => self.stop(signal),
+                Signal::SIGUSR1 => self.stop(signal, EndReason::CpuLimit),
+                _ => self.stop(signal, EndReason::StopRequested),
             }
         };
         if let Some(record) = self.signals.get_mut(index) {
@@ -420,8 +428,8 @@ impl Supervisor {
         "stop".to_owned()
     }
 
-    /// SIGTERM or SIGHUP: drain with reason stop-requested.
-    fn stop(&mut self, signal: Signal) -> String {
+    /// SIGTERM or SIGHUP: drain with reason stop-requested; SIGUSR1: cpu-limit.
+    fn stop(&mut self, signal: Signal, reason: EndReason) -> String {
         self.handle_pending();
         if self.outcome.is_some() {
             progress!("{signal}: the run had already ended");
@@ -436,7 +444,6 @@ impl Supervisor {
             return "none (already draining)".to_owned();
         }
 
-        let reason = EndReason::StopRequested;
         progress!("{signal}: graceful stop, draining ({})", reason.as_str());
         self.drain = Some(Drain::requested(&reason));
         self.enter(State::Ending, "");

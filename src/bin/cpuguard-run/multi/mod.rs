@@ -1,0 +1,248 @@
+//! Multi-pipeline mode: `--pipeline DESC` (repeated) and/or `--jobs FILE`.
+//!
+//! Every pipeline runs in a worker process (this program with `--worker ID`,
+//! in single mode), and one parent decides for all of them: workers on one
+//! host see the same load, so left alone they would all drain at once. The
+//! workers' cpuguard elements only measure (dry-run); the parent samples the
+//! shared load and each worker's CPU, feeds the shared [`Coordinator`], and
+//! drains the worker it chooses with SIGUSR1 (reason cpu-limit).
+//!
+//! Modules: `parent` (the loop: signals, samples, drains, escalation,
+//! results), `worker` (spawning a worker and reading its output), `tree`
+//! (a worker's CPU over its process tree), `admission` (`--max-utilization`).
+//!
+//! [`Coordinator`]: gstcpuguard::coordinator::Coordinator
+
+mod admission;
+mod parent;
+mod tree;
+mod worker;
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use gst::prelude::*;
+use gstcpuguard::load::{HostPaths, LoadMeter, LoadSourceKind};
+use gstcpuguard::policy::PolicyConfig;
+
+use crate::cli::Cli;
+use crate::exit;
+use crate::guard::{self, Spec};
+use crate::pipeline;
+use crate::progress::{fatal, progress};
+use crate::report::ReportFile;
+use crate::signals::Router;
+
+/// One pipeline to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// 1-based, in the order given: `--pipeline`s first, then the jobs file.
+    pub id: u32,
+    pub description: String,
+    /// Where it came from, for error messages ("--pipeline 2", "jobs.txt line 4").
+    pub origin: String,
+    /// This worker's drain deadline: `--drain-timeout`, else the longest its
+    /// cpuguard elements allow, else the element default; `None` = forever.
+    pub drain_timeout_ms: Option<u32>,
+    pub cpuguard_elements: Vec<String>,
+}
+
+/// Everything the parent needs, checked before any worker starts.
+pub struct Plan {
+    pub jobs: Vec<Job>,
+    pub policy: PolicyConfig,
+    pub interval: Duration,
+    pub meter: LoadMeter,
+    pub max_utilization: Option<f64>,
+    /// Options every worker gets, before `--worker ID -- DESC`.
+    pub worker_args: Vec<OsString>,
+    pub report: Option<ReportFile>,
+}
+
+/// Runs multi-pipeline mode to the end; returns the exit code.
+pub fn run(cli: &Cli, spec: &Spec, router: &Router) -> u8 {
+    let plan = match plan(cli, spec) {
+        Ok(plan) => plan,
+        Err(err) => {
+            fatal!("{err}");
+            return exit::USAGE;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(err) => {
+            fatal!("cannot find this program to start workers: {err}");
+            return exit::FAILED;
+        }
+    };
+
+    // Signals arrive on the GLib main loop of this thread (see `signals`);
+    // the parent loop runs on its own thread and gets them as events.
+    let (events, inbox) = std::sync::mpsc::channel();
+    {
+        let events = events.clone();
+        router.set_handler(move |signal| {
+            let _ = events.send(worker::Event::Signal(signal));
+        });
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let context = glib::MainContext::default();
+    let parent = {
+        let (done, context) = (done.clone(), context.clone());
+        std::thread::Builder::new()
+            .name("cpuguard-run-parent".to_owned())
+            .spawn(move || {
+                let code = parent::Parent::new(plan, exe, events, inbox).run();
+                done.store(true, Ordering::SeqCst);
+                // A wakeup before the loop below polls is kept until it polls.
+                context.wakeup();
+                code
+            })
+    };
+    let parent = match parent {
+        Ok(parent) => parent,
+        Err(err) => {
+            fatal!("cannot start the parent loop: {err}");
+            return exit::FAILED;
+        }
+    };
+    while !done.load(Ordering::SeqCst) {
+        context.iteration(true);
+    }
+    parent.join().unwrap_or(exit::FAILED)
+}
+
+/// Reads and checks every description and setting; the error names the bad one.
+fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
+    let mut sources: Vec<(String, String)> = cli
+        .pipelines
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("--pipeline {}", i + 1), d.clone()))
+        .collect();
+    if let Some(path) = &cli.jobs {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read jobs file {}: {err}", path.display()))?;
+        let before = sources.len();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                sources.push((
+                    format!("{} line {}", path.display(), n + 1),
+                    line.to_owned(),
+                ));
+            }
+        }
+        if sources.len() == before {
+            return Err(format!(
+                "jobs file {} holds no pipeline description",
+                path.display()
+            ));
+        }
+    }
+
+    let overrides = cli.overrides();
+    let mut jobs = Vec::with_capacity(sources.len());
+    let mut alone_checked = false;
+    for (origin, description) in sources {
+        let id = u32::try_from(jobs.len() + 1).map_err(|_| "too many pipelines".to_owned())?;
+        let (pipeline, _) = pipeline::build(std::slice::from_ref(&description))
+            .map_err(|err| format!("invalid pipeline ({origin}): {err}\n  in: {description}"))?;
+        let guards = guard::find(&pipeline);
+        if guards.is_empty() && !alone_checked {
+            overrides.validate_alone(spec)?;
+            alone_checked = true;
+        }
+        for guard in &guards {
+            overrides
+                .apply(guard)
+                .map_err(|err| format!("{origin}: {err}"))?;
+        }
+        let drain_timeout_ms = cli.drain_timeout.unwrap_or_else(|| {
+            guards
+                .iter()
+                .map(|g| g.property::<u32>("drain-timeout"))
+                .reduce(|a, b| if a == 0 || b == 0 { 0 } else { a.max(b) })
+                .unwrap_or(spec.drain_timeout.default)
+        });
+        jobs.push(Job {
+            id,
+            description,
+            origin,
+            drain_timeout_ms: (drain_timeout_ms > 0).then_some(drain_timeout_ms),
+            cpuguard_elements: guards.iter().map(|g| g.name().to_string()).collect(),
+        });
+    }
+
+    let policy = PolicyConfig {
+        soft: cli.soft_threshold.unwrap_or(spec.soft_default),
+        hard: cli.hard_threshold.unwrap_or(spec.hard_default),
+        hold: cli.hold.unwrap_or(spec.hold.default),
+        release: cli.release.unwrap_or(spec.release.map_or(1, |r| r.default)),
+    };
+    policy
+        .validate()
+        .map_err(|err| format!("invalid settings: {err}"))?;
+
+    let source_name = cli
+        .load_source
+        .clone()
+        .unwrap_or_else(|| spec.load_source_default.clone());
+    let kind: LoadSourceKind = source_name.parse().map_err(|err| format!("{err}"))?;
+    let host = cli
+        .root
+        .as_ref()
+        .map_or_else(HostPaths::system, HostPaths::under);
+    let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+    let meter = LoadMeter::new(kind, &host, me)
+        .map_err(|err| format!("cannot measure load (load-source {kind}): {err}"))?;
+
+    let report = cli.report.as_deref().map(ReportFile::create).transpose()?;
+
+    // Workers get the same settings (what they report matches), measure only,
+    // and never give up a drain themselves: the parent's timer does, and
+    // kills the whole worker, which a worker stuck in a drain may need.
+    let mut worker_args: Vec<OsString> = Vec::new();
+    let mut forward = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            worker_args.push(format!("--{name}").into());
+            worker_args.push(value.into());
+        }
+    };
+    forward("soft-threshold", cli.soft_threshold.map(|v| v.to_string()));
+    forward("hard-threshold", cli.hard_threshold.map(|v| v.to_string()));
+    forward("hold", cli.hold.map(|v| v.to_string()));
+    forward("release", cli.release.map(|v| v.to_string()));
+    forward("interval", cli.interval.map(|v| v.to_string()));
+    forward("load-source", cli.load_source.clone());
+    forward(
+        "root",
+        cli.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
+    );
+    forward("drain-timeout", Some("0".to_owned()));
+
+    let interval_ms = cli.interval.unwrap_or(spec.interval.default);
+    progress!(
+        "multi-pipeline mode: {} pipelines; soft-threshold {}, hard-threshold {}, hold {}, \
+         release {}, interval {interval_ms} ms, max-utilization {}",
+        jobs.len(),
+        policy.soft,
+        policy.hard,
+        policy.hold,
+        policy.release,
+        cli.max_utilization
+            .map_or_else(|| "none".to_owned(), |m| m.to_string()),
+    );
+    progress!("load: {}", meter.describe());
+    Ok(Plan {
+        jobs,
+        policy,
+        interval: Duration::from_millis(u64::from(interval_ms)),
+        meter,
+        max_utilization: cli.max_utilization,
+        worker_args,
+        report,
+    })
+}

@@ -1,0 +1,181 @@
+//! A worker process: this program re-executed in single mode with
+//! `--worker ID`, in its own process group, its output read by threads that
+//! turn it into [`Event`]s for the parent loop.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc::Sender;
+
+use nix::sys::signal::Signal;
+
+use crate::report::Report;
+
+/// What the parent loop reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// A signal to the parent (delivered on the GLib main loop, forwarded here).
+    Signal(Signal),
+    /// One stderr line of a worker.
+    Stderr(u32, String),
+    /// A worker's whole stdout, once it closed it.
+    Stdout(u32, String),
+    /// A worker process ended (reaped).
+    Exited(u32, ExitStatus),
+}
+
+/// Starts worker `id` on `description`; returns its pid (also its process
+/// group). `args` are the options every worker gets.
+pub fn spawn(
+    exe: &Path,
+    id: u32,
+    args: &[OsString],
+    description: &str,
+    events: &Sender<Event>,
+) -> std::io::Result<i32> {
+    let mut command = Command::new(exe);
+    command
+        .arg("--worker")
+        .arg(id.to_string())
+        .args(args)
+        .arg("--")
+        .arg(description)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group: a terminal's Ctrl-C reaches only the parent, which
+        // decides, and an escalation kills the worker's helpers with it.
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            // A parent killed outright must not leave recordings running
+            // unsupervised: the workers then drain (SIGTERM) by themselves.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command.spawn()?;
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    let stderr = child.stderr.take();
+    let stdout = child.stdout.take();
+
+    let tx = events.clone();
+    std::thread::Builder::new()
+        .name(format!("worker-{id}-stderr"))
+        .spawn(move || {
+            let Some(stderr) = stderr else { return };
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(Event::Stderr(id, line)).is_err() {
+                    break;
+                }
+            }
+        })?;
+    let tx = events.clone();
+    std::thread::Builder::new()
+        .name(format!("worker-{id}-stdout"))
+        .spawn(move || {
+            let mut text = String::new();
+            if let Some(mut stdout) = stdout {
+                let _ = stdout.read_to_string(&mut text);
+            }
+            let _ = tx.send(Event::Stdout(id, text));
+        })?;
+    let tx = events.clone();
+    std::thread::Builder::new()
+        .name(format!("worker-{id}-wait"))
+        .spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::Exited(id, status));
+            }
+        })?;
+    Ok(pid)
+}
+
+/// The worker's result: the last JSON line it printed, if it got that far.
+pub fn parse_report(stdout: &str) -> Option<Report> {
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty())?;
+    serde_json::from_str(line).ok()
+}
+
+/// "worker killed by SIGKILL", "worker exited with status 3": for a worker
+/// that left no result.
+pub fn describe_exit(status: &ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("worker exited with status {code} without a result"),
+        (None, Some(signal)) => format!("worker killed by {}", signal_name(signal)),
+        _ => format!("worker ended without a result ({status})"),
+    }
+}
+
+/// The exit code a shell would show: the code, or 128 + the signal.
+pub fn shell_code(status: &ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code).unwrap_or(u8::MAX),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(u8::MAX),
+        _ => u8::MAX,
+    }
+}
+
+fn signal_name(signal: i32) -> String {
+    Signal::try_from(signal).map_or_else(|_| format!("signal {signal}"), |s| s.to_string())
+}
+
+/// A worker's stderr line without its own `cpuguard-run [  1.234s] ` prefix:
+/// the parent adds its own, with the worker id.
+pub fn strip_prefix(line: &str) -> &str {
+    if let Some(rest) = line.strip_prefix("cpuguard-run [")
+        && let Some((_, text)) = rest.split_once("] ")
+    {
+        return text;
+    }
+    line.strip_prefix("cpuguard-run: ").unwrap_or(line)
+}
+
+/// The state a progress line announces (`state ACTIVE: pipeline PLAYING`).
+pub fn state_of(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("state ")?;
+    let word = rest.split(':').next()?.trim();
+    (!word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase())).then_some(word)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_prefixes_are_stripped() {
+        assert_eq!(
+            strip_prefix("cpuguard-run [   0.050s] state ACTIVE: pipeline PLAYING"),
+            "state ACTIVE: pipeline PLAYING"
+        );
+        assert_eq!(strip_prefix("cpuguard-run: bad"), "bad");
+        assert_eq!(strip_prefix("(gst:1): CRITICAL"), "(gst:1): CRITICAL");
+    }
+
+    #[test]
+    fn states_are_recognized() {
+        assert_eq!(state_of("state ENDING"), Some("ENDING"));
+        assert_eq!(state_of("state COMPLETE: Stop requested"), Some("COMPLETE"));
+        assert_eq!(state_of("stateless"), None);
+        assert_eq!(state_of("drain timeout 30000 ms"), None);
+    }
+
+    #[test]
+    fn exits_are_described() {
+        let killed = ExitStatus::from_raw(9);
+        assert_eq!(describe_exit(&killed), "worker killed by SIGKILL");
+        assert_eq!(shell_code(&killed), 137);
+        let exited = ExitStatus::from_raw(3 << 8);
+        assert!(describe_exit(&exited).contains("status 3"));
+        assert_eq!(shell_code(&exited), 3);
+    }
+
+    #[test]
+    fn the_last_json_line_is_the_report() {
+        assert!(parse_report("").is_none());
+        assert!(parse_report("not json\n").is_none());
+    }
+}
