@@ -484,7 +484,7 @@ fn timeline_is_written_when_a_drain_times_out() {
         .find("cpuguard-run: SIGTERM received: drain")
         .expect("signal logged");
     let sample = stderr
-        .find("capacity 2.00 CPUs), own CPU")
+        .find("cpuguard-run: sample: load 0.100 (system), capacity 2.00 CPUs")
         .expect("the element's samples logged");
     assert!(sample < signal, "{stderr}");
     let texts = svg_texts(&std::fs::read_to_string(&svg).unwrap());

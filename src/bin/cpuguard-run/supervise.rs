@@ -337,6 +337,12 @@ impl Supervisor {
         if let Ok(capacity) = s.get::<f64>("capacity") {
             self.capacity = Some(capacity);
         }
+        gst::debug!(
+            CAT,
+            "cpuguard-run: sample: load {load:.3} ({}), capacity {:.2} CPUs",
+            self.load_source.as_deref().unwrap_or("unknown"),
+            self.capacity.unwrap_or(0.0)
+        );
         self.observer.sample(
             std::time::Instant::now(),
             load,
