@@ -13,7 +13,7 @@ use super::drain;
 use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
 use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
-use crate::load::{LoadError, LoadSample, LoadSourceKind};
+use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
 use crate::policy::{Policy, PolicyConfig};
 use crate::reason::EndReason;
 
@@ -45,6 +45,8 @@ struct Settings {
     drain_timeout_ms: u32,
     dry_run: bool,
     root: String,
+    /// CPUs; 0 = unset.
+    cpu_request: f64,
 }
 
 impl Default for Settings {
@@ -59,6 +61,7 @@ impl Default for Settings {
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             dry_run: false,
             root: DEFAULT_ROOT.to_owned(),
+            cpu_request: 0.0,
         }
     }
 }
@@ -78,6 +81,7 @@ impl Settings {
             source: self.load_source.into(),
             root: self.root.clone(),
             interval: self.interval(),
+            cpu_request: CpuRequest::from_cpus(self.cpu_request).map(|r| r.cpus().to_bits()),
         }
     }
 
@@ -546,6 +550,19 @@ impl ObjectImpl for CpuGuard {
                     .default_value(Some(DEFAULT_ROOT))
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecDouble::builder("cpu-request")
+                    .nick("CPU request")
+                    .blurb(
+                        "CPUs this workload was promised (a Kubernetes CPU request; 0 = unset): \
+                         the capacity load is measured against when there is no CPU quota \
+                         (a quota always wins); with it, load-source auto follows the cgroup \
+                         instead of the whole host",
+                    )
+                    .minimum(0.0)
+                    .maximum(f64::from(u32::MAX))
+                    .default_value(0.0)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -598,6 +615,7 @@ impl ObjectImpl for CpuGuard {
                     .flatten()
                     .unwrap_or_else(|| DEFAULT_ROOT.to_owned())
             }
+            "cpu-request" => settings.cpu_request = value.get().unwrap_or(0.0),
             other => gst::warning!(CAT, imp = self, "No writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "Settings now {:?}", *settings);
@@ -616,6 +634,7 @@ impl ObjectImpl for CpuGuard {
             "dry-run" => settings.dry_run.to_value(),
             "load" => self.last_load().to_value(),
             "root" => settings.root.to_value(),
+            "cpu-request" => settings.cpu_request.to_value(),
             _ => pspec.default_value().clone(),
         }
     }

@@ -1,7 +1,7 @@
 //! One sampler shared by every cpuguard instance of the process.
 //!
-//! Instances that measure the same thing (same load source, root and
-//! interval) join one group: one thread, one [`LoadMeter`], one read of the
+//! Instances that measure the same thing (same load source, root, CPU
+//! request and interval) join one group: one thread, one [`LoadMeter`], one read of the
 //! load files per interval, however many pipelines run. Within a group, the
 //! instances with the same policy (thresholds, hold, release, dry-run) share
 //! one [`Coordinator`], which picks the instance using the most CPU as the
@@ -27,7 +27,7 @@ use gst::subclass::prelude::*;
 use super::monitor::Monitor;
 use super::threads::{CpuUse, StreamingThreads};
 use crate::coordinator::{Candidate, Coordinator, Decision, Victim};
-use crate::load::{HostPaths, LoadError, LoadMeter, LoadSample, LoadSourceKind};
+use crate::load::{CpuRequest, HostPaths, LoadError, LoadMeter, LoadSample, LoadSourceKind};
 use crate::policy::{ConfigError, PolicyConfig, Verdict};
 
 /// Name of every sampler thread (at most 15 bytes: what /proc shows as `comm`).
@@ -39,6 +39,8 @@ pub(super) struct SamplerKey {
     pub source: LoadSourceKind,
     pub root: String,
     pub interval: Duration,
+    /// CPU request as f64 bits (hashable); `None` = unset.
+    pub cpu_request: Option<u64>,
 }
 
 /// What instances must agree on to share a coordinator.
@@ -222,7 +224,10 @@ impl Group {
     fn start(key: SamplerKey) -> Result<Arc<Group>, RegisterError> {
         let paths = HostPaths::under(&key.root);
         let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-        let meter = LoadMeter::new(key.source, &paths, pid)?;
+        let request = key
+            .cpu_request
+            .and_then(|bits| CpuRequest::from_cpus(f64::from_bits(bits)));
+        let meter = LoadMeter::with_request(key.source, &paths, pid, request)?;
         let interval = key.interval;
         let group = Arc::new(Group {
             source: meter.source(),

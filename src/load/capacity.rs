@@ -1,6 +1,7 @@
-//! How many CPUs the process may use: the tightest of its cgroup quota chain,
-//! its affinity mask and the online CPUs. Re-read on every sample because
-//! quotas and affinity change at run time (e.g. Kubernetes in-place resize).
+//! How many CPUs the process may use: the tightest of its cgroup quota chain
+//! (or, without a quota, its CPU request), its affinity mask and the online
+//! CPUs. Re-read on every sample because quotas and affinity change at run
+//! time (e.g. Kubernetes in-place resize).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use super::LoadError;
 use super::cgroup::{QuotaChain, QuotaLimit};
 use super::paths::{HostPaths, read_if_present, read_into};
+use super::request::CpuRequest;
 
 /// The files that bound capacity.
 pub(crate) struct Limits {
@@ -18,6 +20,10 @@ pub(crate) struct Limits {
     status: Option<PathBuf>,
     online: PathBuf,
     proc_stat: PathBuf,
+    /// Stands in for the quota when there is none. Kubernetes keeps the
+    /// request at or below the limit, and the quota is what the kernel
+    /// enforces, so a quota always wins, even over a smaller request.
+    request: Option<CpuRequest>,
 }
 
 /// Capacity as of the last read, with its parts for logs.
@@ -27,6 +33,8 @@ pub(crate) struct Capacity {
     pub quota: Option<QuotaLimit>,
     pub affinity: Option<u32>,
     pub online: u32,
+    /// The CPU request, when it set the capacity (no quota).
+    pub request: Option<CpuRequest>,
 }
 
 impl Limits {
@@ -37,6 +45,7 @@ impl Limits {
             status: None,
             online: paths.root.join("sys/devices/system/cpu/online"),
             proc_stat: paths.proc_file("stat"),
+            request: None,
         }
     }
 
@@ -47,6 +56,11 @@ impl Limits {
             status: Some(paths.pid_file(pid, "status")),
             ..Self::host(paths)
         }
+    }
+
+    /// Capacity from `request` whenever no quota applies.
+    pub fn with_request(self, request: Option<CpuRequest>) -> Self {
+        Self { request, ..self }
     }
 
     pub fn read(&self, buf: &mut String) -> Result<Capacity, LoadError> {
@@ -72,14 +86,22 @@ impl Limits {
         if let Some(affinity) = affinity {
             cpus = cpus.min(f64::from(affinity));
         }
-        if let Some(quota) = quota {
-            cpus = cpus.min(quota.cpus);
+        let request = match quota {
+            Some(quota) => {
+                cpus = cpus.min(quota.cpus);
+                None
+            }
+            None => self.request,
+        };
+        if let Some(request) = request {
+            cpus = cpus.min(request.cpus());
         }
         Ok(Capacity {
             cpus,
             quota,
             affinity,
             online,
+            request,
         })
     }
 
@@ -98,6 +120,15 @@ impl Limits {
             }
             (Some(_), None) => out.push_str("no quota up to the cgroup mount root, "),
             (None, _) => {}
+        }
+        if let Some(request) = capacity.request {
+            let _ = write!(out, "CPU request {:.3}, ", request.cpus());
+        } else if let (Some(request), Some(_)) = (self.request, capacity.quota) {
+            let _ = write!(
+                out,
+                "CPU request {:.3} ignored: the quota wins, ",
+                request.cpus()
+            );
         }
         if let Some(affinity) = capacity.affinity {
             let _ = write!(out, "affinity {affinity}, ");

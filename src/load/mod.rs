@@ -17,6 +17,7 @@ mod paths;
 mod proc_stat;
 mod process;
 mod psi;
+mod request;
 
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use cgroup::{Cgroups, CpuCgroup, UsageFile};
 pub use error::LoadError;
 pub use paths::HostPaths;
 pub use process::{process_cpu_seconds, thread_cpu_seconds};
+pub use request::{CpuRequest, CpuRequestError};
 
 /// Which counter a [`LoadMeter`] follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,6 +136,31 @@ impl LoadMeter {
         pid: i32,
         now: Instant,
     ) -> Result<Self, LoadError> {
+        Self::with_request_at(kind, paths, pid, None, now)
+    }
+
+    /// [`LoadMeter::new`] for a workload promised `request` CPUs: without a
+    /// CPU quota the request is the capacity (`process`, `cgroup`, `psi`),
+    /// and `auto` then follows the cgroup (else the process) rather than the
+    /// whole host, whose idle CPUs were never promised. `system` stays a
+    /// whole-host share.
+    pub fn with_request(
+        kind: LoadSourceKind,
+        paths: &HostPaths,
+        pid: i32,
+        request: Option<CpuRequest>,
+    ) -> Result<Self, LoadError> {
+        Self::with_request_at(kind, paths, pid, request, Instant::now())
+    }
+
+    /// [`LoadMeter::with_request`] with the baseline's wall time given by the caller.
+    pub fn with_request_at(
+        kind: LoadSourceKind,
+        paths: &HostPaths,
+        pid: i32,
+        request: Option<CpuRequest>,
+        now: Instant,
+    ) -> Result<Self, LoadError> {
         let mut buf = String::new();
         let (cgroups, cpu_cgroup) = match Cgroups::read(paths, pid) {
             Ok(cgroups) => {
@@ -144,7 +171,7 @@ impl LoadMeter {
         };
         let (source, why) = match kind {
             LoadSourceKind::Auto => {
-                let (source, why) = choose_auto(&cpu_cgroup, &mut buf)?;
+                let (source, why) = choose_auto(&cpu_cgroup, request, &mut buf)?;
                 (source, Some(why))
             }
             other => (other, None),
@@ -165,7 +192,7 @@ impl LoadMeter {
                 let CpuCgroup { quota, usage, .. } = cpu_cgroup;
                 let usage = usage?;
                 let what = format!("usage of {what} from {}", usage.path.display());
-                let limits = Limits::process(paths, pid, Some(quota));
+                let limits = Limits::process(paths, pid, Some(quota)).with_request(request);
                 return Self::start(source, Counter::Cgroup(usage), limits, what, why, buf, now);
             }
             LoadSourceKind::Psi => {
@@ -189,7 +216,7 @@ impl LoadMeter {
             }
             Err(err) => (None, format!("{what}; no cgroup quota known ({err})")),
         };
-        let limits = Limits::process(paths, pid, quota);
+        let limits = Limits::process(paths, pid, quota).with_request(request);
         Self::start(source, counter, limits, what, why, buf, now)
     }
 
@@ -311,14 +338,22 @@ impl LoadMeter {
     }
 }
 
-/// `Cgroup` when a quota limits the process, else `System`; with the reason.
+/// `Cgroup` when a quota (or, without one, a CPU request) limits the
+/// process, else `System`; with the reason.
 fn choose_auto(
     cpu_cgroup: &Result<CpuCgroup, LoadError>,
+    request: Option<CpuRequest>,
     buf: &mut String,
 ) -> Result<(LoadSourceKind, String), LoadError> {
-    let cpu_cgroup = match cpu_cgroup {
-        Ok(cpu_cgroup) => cpu_cgroup,
-        Err(err) => {
+    let cpu_cgroup = match (cpu_cgroup, request) {
+        (Ok(cpu_cgroup), _) => cpu_cgroup,
+        (Err(err), Some(request)) => {
+            return Ok((
+                LoadSourceKind::Process,
+                format!("auto: CPU request {request} but no CPU cgroup to follow ({err})"),
+            ));
+        }
+        (Err(err), None) => {
             return Ok((
                 LoadSourceKind::System,
                 format!("auto: no CPU cgroup to follow: {err}"),
@@ -326,25 +361,38 @@ fn choose_auto(
         }
     };
     let what = cpu_cgroup.describe();
-    Ok(match (cpu_cgroup.quota.read(buf)?, &cpu_cgroup.usage) {
-        (None, _) => (
-            LoadSourceKind::System,
-            format!("auto: {what} has no CPU quota up to the mount root"),
-        ),
-        (Some(limit), Ok(_)) => (
-            LoadSourceKind::Cgroup,
-            format!("auto: {what} is limited to {:.2} CPUs", limit.cpus),
-        ),
-        // Host figures would hide throttling by the quota: measure our own
-        // CPU time against it instead.
-        (Some(limit), Err(err)) => (
-            LoadSourceKind::Process,
-            format!(
-                "auto: {what} is limited to {:.2} CPUs but its usage is unreadable ({err})",
-                limit.cpus
+    Ok(
+        match (cpu_cgroup.quota.read(buf)?, &cpu_cgroup.usage, request) {
+            (None, Ok(_), Some(request)) => (
+                LoadSourceKind::Cgroup,
+                format!("auto: {what} has no CPU quota; its CPU request is {request}"),
             ),
-        ),
-    })
+            (None, Err(err), Some(request)) => (
+                LoadSourceKind::Process,
+                format!(
+                    "auto: {what} has no CPU quota and its usage is unreadable ({err}); \
+                 CPU request {request}"
+                ),
+            ),
+            (None, _, None) => (
+                LoadSourceKind::System,
+                format!("auto: {what} has no CPU quota up to the mount root"),
+            ),
+            (Some(limit), Ok(_), _) => (
+                LoadSourceKind::Cgroup,
+                format!("auto: {what} is limited to {:.2} CPUs", limit.cpus),
+            ),
+            // Host figures would hide throttling by the quota: measure our own
+            // CPU time against it instead.
+            (Some(limit), Err(err), _) => (
+                LoadSourceKind::Process,
+                format!(
+                    "auto: {what} is limited to {:.2} CPUs but its usage is unreadable ({err})",
+                    limit.cpus
+                ),
+            ),
+        },
+    )
 }
 
 /// Cumulative counters. `idle` is only used by the `system` source.

@@ -706,3 +706,141 @@ fn real_host_every_available_source() {
         }
     }
 }
+
+// ---------------------------------------------------------------- CPU request
+
+fn request(text: &str) -> Option<CpuRequest> {
+    Some(text.parse().unwrap_or_else(|err| panic!("{text}: {err}")))
+}
+
+fn request_meter(host: &str, kind: LoadSourceKind, cpus: &str, t0: Instant) -> LoadMeter {
+    LoadMeter::with_request_at(
+        kind,
+        &HostPaths::under(fixture(host)),
+        PID,
+        request(cpus),
+        t0,
+    )
+    .unwrap_or_else(|err| panic!("{host} {kind} meter: {err}"))
+}
+
+#[test]
+fn cpu_requests_parse_as_kubernetes_quantities() {
+    for (text, cpus) in [
+        ("500m", 0.5),
+        ("0.5", 0.5),
+        ("2", 2.0),
+        (" 250m ", 0.25),
+        ("1500m", 1.5),
+        ("+1", 1.0),
+        ("0.1m", 0.0001),
+    ] {
+        assert_close(text.parse::<CpuRequest>().unwrap().cpus(), cpus);
+    }
+    for (text, why) in [
+        ("", "no number"),
+        ("m", "no number"),
+        ("0", "must be above zero"),
+        ("0m", "must be above zero"),
+        ("-1", "cannot be negative"),
+        ("-500m", "cannot be negative"),
+        ("abc", "not a decimal number"),
+        ("1e3", "not a decimal number"),
+        ("inf", "not a decimal number"),
+        ("NaN", "not a decimal number"),
+        ("1.2.3", "not a decimal number"),
+        ("2Ki", "not a decimal number"),
+        (".", "not a decimal number"),
+    ] {
+        let err = text.parse::<CpuRequest>().unwrap_err().to_string();
+        assert!(err.contains(why), "{text:?}: {err}");
+        assert!(err.contains(&format!("{text:?}")), "{text:?}: {err}");
+    }
+}
+
+#[test]
+fn cpu_request_is_the_capacity_without_a_quota() {
+    // hybrid: no quota anywhere, 2 CPUs online.
+    let host = Host::copy("hybrid");
+    let t0 = Instant::now();
+    let mut meter = LoadMeter::with_request_at(
+        LoadSourceKind::Cgroup,
+        &host.paths,
+        PID,
+        request("500m"),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(meter.capacity(), 0.5);
+    let describe = meter.describe();
+    assert!(describe.contains("CPU request 0.500"), "{describe}");
+    // 1 s of CPU in 1 s against half a CPU: twice the request.
+    host.write(
+        "sys/fs/cgroup/cpuacct/user.slice/cpuacct.usage",
+        "4000000000\n",
+    );
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_close(sample.load, 2.0);
+    assert_eq!(sample.capacity, 0.5);
+}
+
+#[test]
+fn auto_follows_the_cgroup_when_a_request_is_given_without_a_quota() {
+    let meter = request_meter("hybrid", LoadSourceKind::Auto, "750m", Instant::now());
+    assert_eq!(meter.source(), LoadSourceKind::Cgroup);
+    assert_eq!(meter.capacity(), 0.75);
+    let describe = meter.describe();
+    assert!(
+        describe.contains("has no CPU quota; its CPU request is 0.75 CPUs"),
+        "{describe}"
+    );
+
+    // No cgroup at all: the process's own CPU time against the request.
+    let meter = request_meter("no-cgroup", LoadSourceKind::Auto, "1", Instant::now());
+    assert_eq!(meter.source(), LoadSourceKind::Process);
+    assert_eq!(meter.capacity(), 1.0);
+}
+
+#[test]
+fn a_quota_wins_over_any_cpu_request() {
+    // v2: cpu.max 1.5 at the leaf.
+    for cpus in ["500m", "3"] {
+        let meter = request_meter("v2", LoadSourceKind::Auto, cpus, Instant::now());
+        assert_eq!(meter.source(), LoadSourceKind::Cgroup);
+        assert_eq!(meter.capacity(), 1.5, "request {cpus}");
+        let describe = meter.describe();
+        assert!(describe.contains("ignored: the quota wins"), "{describe}");
+    }
+    // The quota can appear at run time (in-place resize): from then on it wins.
+    let host = Host::copy("v2");
+    host.write(V2_MAX, "max 100000\n");
+    let t0 = Instant::now();
+    let mut meter = LoadMeter::with_request_at(
+        LoadSourceKind::Cgroup,
+        &host.paths,
+        PID,
+        request("250m"),
+        t0,
+    )
+    .unwrap();
+    assert_eq!(meter.capacity(), 0.25);
+    host.write(V2_MAX, "100000 100000\n");
+    host.write(V2_USAGE, &usage_usec(5_000_000 + 500_000));
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_eq!(sample.capacity, 1.0);
+    assert_close(sample.load, 0.5);
+}
+
+#[test]
+fn a_request_above_the_machine_is_bounded_by_affinity_and_online_cpus() {
+    // no-cgroup: 3 CPUs from /proc/stat.
+    let meter = request_meter("no-cgroup", LoadSourceKind::Process, "8", Instant::now());
+    assert_eq!(meter.capacity(), 3.0);
+}
+
+#[test]
+fn system_load_stays_a_whole_host_share_with_a_request() {
+    let meter = request_meter("hybrid", LoadSourceKind::System, "500m", Instant::now());
+    assert_eq!(meter.source(), LoadSourceKind::System);
+    assert_eq!(meter.capacity(), 2.0);
+}

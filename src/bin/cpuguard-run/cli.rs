@@ -3,11 +3,13 @@
 //! (see [`Spec`]), thresholds are checked by the shared policy rules.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{CommandFactory, FromArgMatches, Parser};
+use gstcpuguard::load::{CpuRequest, CpuRequestError};
 use gstcpuguard::policy::PolicyConfig;
 
 use crate::guard::{Overrides, Spec, UIntSpec};
@@ -96,6 +98,19 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    /// CPUs this run was promised, as a Kubernetes CPU quantity ("500m",
+    /// "0.5", "2"): the capacity load is measured against when there is no
+    /// CPU quota (a quota always wins); with it, load-source auto follows the
+    /// cgroup instead of the whole host. Sets the elements' cpu-request
+    #[arg(
+        long,
+        value_name = "CPUS",
+        env = "CPUGUARD_CPU_REQUEST",
+        value_parser = cpu_request,
+        allow_hyphen_values = true
+    )]
+    pub cpu_request: Option<CpuRequest>,
+
     /// Run DESC in its own worker process (repeat for more): multi-pipeline mode
     #[arg(long = "pipeline", value_name = "DESC", conflicts_with = "pipeline")]
     pub pipelines: Vec<String>,
@@ -118,6 +133,16 @@ pub struct Cli {
     /// Also write the JSON result to FILE (checked before the pipeline starts)
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics while running (port 0
+    /// picks a free port; the address is printed on stderr)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Write an SVG plot of the load over time, with the thresholds and the
+    /// drain moments, to FILE when the run ends
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<PathBuf>,
 
     /// Accepted for gst-launch-1.0 compatibility: draining is always on
     #[arg(short = 'e', long = "eos-on-shutdown", hide = true)]
@@ -144,6 +169,7 @@ impl Cli {
             dry_run: self.dry_run,
             release: self.release,
             root: self.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
+            cpu_request: self.cpu_request,
         }
     }
 
@@ -273,6 +299,12 @@ fn threshold(name: &'static str) -> impl TypedValueParser<Value = f64> {
         config.validate().map_err(|err| err.to_string())?;
         Ok(value)
     }
+}
+
+/// `--cpu-request`: the load core's own parser, so the element, the
+/// supervisor and the multi-pipeline parent accept the same quantities.
+fn cpu_request(text: &str) -> Result<CpuRequest, String> {
+    text.parse().map_err(|err: CpuRequestError| err.to_string())
 }
 
 /// `--max-utilization`: a share of capacity, 0-1.
@@ -421,6 +453,20 @@ mod tests {
             let err = parse_args(&args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
             assert!(err.to_string().contains(needle), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn cpu_request_takes_kubernetes_quantities_and_refuses_the_rest() {
+        let cli = parse_args(&["--cpu-request", "500m", "fakesrc", "!", "fakesink"]).unwrap();
+        assert_eq!(cli.cpu_request.map(CpuRequest::cpus), Some(0.5));
+        for bad in ["0", "-1", "-500m", "lots", "0m"] {
+            let err = parse_args(&["--cpu-request", bad, "fakesrc", "!", "fakesink"]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(
+                err.to_string().contains("invalid CPU request"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -3,6 +3,7 @@
 //! given on the command line, and the checks made before anything runs.
 
 use gst::prelude::*;
+use gstcpuguard::load::CpuRequest;
 use gstcpuguard::policy::PolicyConfig;
 
 /// The element factory the supervisor looks for.
@@ -99,6 +100,7 @@ pub struct Overrides {
     pub dry_run: bool,
     pub release: Option<u32>,
     pub root: Option<String>,
+    pub cpu_request: Option<CpuRequest>,
 }
 
 impl Overrides {
@@ -119,6 +121,10 @@ impl Overrides {
         push("load-source", self.load_source.clone());
         push("release", self.release.map(|v| v.to_string()));
         push("root", self.root.clone());
+        push(
+            "cpu-request",
+            self.cpu_request.map(|r| r.cpus().to_string()),
+        );
         if self.dry_run {
             given.push("--dry-run".to_owned());
         }
@@ -176,6 +182,16 @@ impl Overrides {
         }
         if let Some(root) = &self.root {
             guard.set_property("root", root);
+        }
+        if let Some(request) = self.cpu_request {
+            if guard.find_property("cpu-request").is_none() {
+                return Err(format!(
+                    "--cpu-request needs a cpuguard element with the cpu-request property; \
+                     {} has none",
+                    guard.name()
+                ));
+            }
+            guard.set_property("cpu-request", request.cpus());
         }
         if let Some(nick) = &self.load_source {
             let value = guard

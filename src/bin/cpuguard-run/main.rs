@@ -8,18 +8,24 @@
 //! on the main loop), `supervise` (the run and its state flow), `report` (the
 //! JSON result), `progress` (stderr lines), `exit` (exit codes), `multi`
 //! (multi-pipeline mode: one parent deciding for worker processes, each of
-//! which is this same program in single mode with `--worker ID`).
+//! which is this same program in single mode with `--worker ID`), `observe`
+//! (what `--metrics-addr` and `--timeline` are fed), `metrics` (Prometheus),
+//! `timeline` (the SVG plot), `log` (the `cpuguard` GStreamer debug category).
 
 mod cli;
 mod drain;
 mod exit;
 mod guard;
+mod log;
+mod metrics;
 mod multi;
+mod observe;
 mod pipeline;
 mod progress;
 mod report;
 mod signals;
 mod supervise;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -120,6 +126,33 @@ fn run() -> u8 {
         }
     };
 
+    let thresholds = match guards.first() {
+        Some(guard) => timeline::Thresholds {
+            soft: guard.property("soft-threshold"),
+            hard: guard.property("hard-threshold"),
+            hold: guard.property("hold"),
+            release: if guard.find_property("release").is_some() {
+                guard.property("release")
+            } else {
+                1
+            },
+        },
+        None => timeline::Thresholds {
+            soft: overrides.soft_threshold.unwrap_or(spec.soft_default),
+            hard: overrides.hard_threshold.unwrap_or(spec.hard_default),
+            hold: overrides.hold.unwrap_or(spec.hold.default),
+            release: overrides.release.unwrap_or(1),
+        },
+    };
+    let observer =
+        match observe::Observer::start(cli.metrics_addr, cli.timeline.as_deref(), thresholds) {
+            Ok(observer) => observer,
+            Err(err) => {
+                fatal!("{err}");
+                return exit::USAGE;
+            }
+        };
+
     // The supervisor's own deadline: --drain-timeout, else the longest the
     // elements allow (0 = forever wins), else the element default.
     let drain_timeout_ms = cli.drain_timeout.unwrap_or_else(|| {
@@ -137,6 +170,7 @@ fn run() -> u8 {
             guards,
             drain_timeout_ms: (drain_timeout_ms > 0).then_some(drain_timeout_ms),
             worker: cli.worker.is_some(),
+            observer,
         },
         &router,
         report::Output::new(report_file),

@@ -12,6 +12,11 @@ pub fn start_clock() {
     START.get_or_init(Instant::now);
 }
 
+/// Time zero of the run, once [`start_clock`] was called.
+pub fn started() -> Option<Instant> {
+    START.get().copied()
+}
+
 /// One progress line: `cpuguard-run [  1.234s] text`.
 pub fn line(args: std::fmt::Arguments<'_>) {
     let elapsed = START

@@ -155,6 +155,9 @@ pub struct Report {
     pub cpuguard_elements: Vec<String>,
     /// The load source cpuguard measured (`system`, `cgroup`, ...).
     pub load_source: Option<String>,
+    /// CPUs the load was measured against (quota, else CPU request; affinity;
+    /// online CPUs), as of the last sample; null without samples.
+    pub capacity: Option<f64>,
     pub drain_requested_at: Option<String>,
     pub drain: Option<DrainReport>,
     /// Every state the run went through, in order.

@@ -31,6 +31,8 @@ use nix::sys::signal::Signal;
 use crate::drain::Drain;
 use crate::exit;
 use crate::guard;
+use crate::log::CAT;
+use crate::observe::Observer;
 use crate::progress::progress;
 use crate::report::{
     DrainReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons, round_ms,
@@ -51,6 +53,7 @@ pub struct Setup {
     /// Worker of a multi-pipeline parent: the parent guards the CPU, so the
     /// dry-run and no-cpuguard notes would only mislead.
     pub worker: bool,
+    pub observer: Observer,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +74,7 @@ struct Supervisor {
     guards: Vec<gst::Element>,
     drain_timeout_ms: Option<u32>,
     worker: bool,
+    observer: Observer,
     main_loop: glib::MainLoop,
     output: Arc<Output>,
     me: Weak<RefCell<Supervisor>>,
@@ -89,6 +93,7 @@ struct Supervisor {
     peak_load: Option<f64>,
     last_load: Option<f64>,
     load_source: Option<String>,
+    capacity: Option<f64>,
 }
 
 /// Runs the pipeline until it ends; emits the result through `output` and
@@ -102,6 +107,7 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             guards: setup.guards,
             drain_timeout_ms: setup.drain_timeout_ms,
             worker: setup.worker,
+            observer: setup.observer,
             main_loop: main_loop.clone(),
             output,
             me: me.clone(),
@@ -117,6 +123,7 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             peak_load: None,
             last_load: None,
             load_source: None,
+            capacity: None,
         })
     });
 
@@ -162,6 +169,8 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
     let s = supervisor.borrow();
     let report = s.report();
     s.output.emit(&report);
+    s.observer
+        .finish(&format!("{} ({})", report.end_reason, report.reason));
     report.exit_code
 }
 
@@ -279,6 +288,7 @@ impl Supervisor {
             MessageView::StateChanged(change) if self.is_pipeline(src) => {
                 self.playing = change.current() == gst::State::Playing;
                 if self.playing && self.state == State::Starting {
+                    self.observer.running(1);
                     self.enter(State::Active, ": pipeline PLAYING");
                 }
                 if self.playing && self.stop_deferred {
@@ -324,6 +334,21 @@ impl Supervisor {
         if let Ok(source) = s.get::<String>("source") {
             self.load_source = Some(source);
         }
+        if let Ok(capacity) = s.get::<f64>("capacity") {
+            self.capacity = Some(capacity);
+        }
+        gst::debug!(
+            CAT,
+            "cpuguard-run: sample: load {load:.3} ({}), capacity {:.2} CPUs",
+            self.load_source.as_deref().unwrap_or("unknown"),
+            self.capacity.unwrap_or(0.0)
+        );
+        self.observer.sample(
+            std::time::Instant::now(),
+            load,
+            self.capacity.unwrap_or(0.0),
+            self.load_source.as_deref().unwrap_or("unknown"),
+        );
     }
 
     fn on_guard_drain(&mut self, s: &gst::StructureRef, element: String) {
@@ -331,6 +356,15 @@ impl Supervisor {
         match self.drain.as_mut() {
             None => {
                 progress!("{element} drains: {}", reported.summary());
+                let label = match (&reported.trigger, reported.load) {
+                    (Some(trigger), Some(load)) if trigger != "request" => format!(
+                        "drain: {} ({trigger} threshold, load {load:.2})",
+                        reported.reason
+                    ),
+                    _ => format!("drain: {}", reported.reason),
+                };
+                self.observer
+                    .drain_started(reported.requested.mono, &reported.reason, label);
                 self.drain = Some(reported);
                 self.enter(State::Ending, "");
                 self.start_timer();
@@ -389,6 +423,7 @@ impl Supervisor {
             at: Stamp::now().rfc3339(),
             action: String::new(),
         });
+        self.observer.signal(signal.as_str());
         let action = if self.outcome.is_some() {
             "none (the run had already ended)".to_owned()
         } else {
@@ -398,6 +433,7 @@ impl Supervisor {
                 _ => self.stop(signal, EndReason::StopRequested),
             }
         };
+        gst::info!(CAT, "cpuguard-run: {signal} received: {action}");
         if let Some(record) = self.signals.get_mut(index) {
             record.action = action;
         }
@@ -445,7 +481,13 @@ impl Supervisor {
         }
 
         progress!("{signal}: graceful stop, draining ({})", reason.as_str());
-        self.drain = Some(Drain::requested(&reason));
+        let drain = Drain::requested(&reason);
+        self.observer.drain_started(
+            drain.requested.mono,
+            &drain.reason,
+            format!("{signal}: drain ({})", drain.reason),
+        );
+        self.drain = Some(drain);
         self.enter(State::Ending, "");
         // The drain timeout counts from the signal, whatever happens next.
         self.start_timer();
@@ -592,8 +634,12 @@ impl Supervisor {
             at: Stamp::now(),
         });
         if let Some(drain) = self.drain.as_mut() {
-            drain.ended = Some(Stamp::now());
+            let ended = Stamp::now();
+            drain.ended = Some(ended);
+            self.observer
+                .drain_ended(&drain.reason, drain.requested.seconds_until(&ended));
         }
+        self.observer.result(status.as_str(), reason);
 
         self.stop_pipeline();
         if let Some(outcome) = self.outcome.as_mut() {
@@ -698,6 +744,7 @@ impl Supervisor {
             pipeline: self.description.clone(),
             cpuguard_elements: self.guards.iter().map(|g| g.name().to_string()).collect(),
             load_source: self.load_source.clone(),
+            capacity: self.capacity.map(|c| (c * 1000.0).round() / 1000.0),
             drain_requested_at: self.drain.as_ref().map(|d| d.requested.rfc3339()),
             drain,
             states: self.states.clone(),

@@ -30,10 +30,12 @@ use gstcpuguard::policy::PolicyConfig;
 use crate::cli::Cli;
 use crate::exit;
 use crate::guard::{self, Spec};
+use crate::observe::Observer;
 use crate::pipeline;
 use crate::progress::{fatal, progress};
 use crate::report::ReportFile;
 use crate::signals::Router;
+use crate::timeline::Thresholds;
 
 /// One pipeline to run.
 #[derive(Debug, Clone)]
@@ -59,6 +61,7 @@ pub struct Plan {
     /// Options every worker gets, before `--worker ID -- DESC`.
     pub worker_args: Vec<OsString>,
     pub report: Option<ReportFile>,
+    pub observer: Observer,
 }
 
 /// Runs multi-pipeline mode to the end; returns the exit code.
@@ -196,7 +199,7 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         .as_ref()
         .map_or_else(HostPaths::system, HostPaths::under);
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-    let meter = LoadMeter::new(kind, &host, me)
+    let meter = LoadMeter::with_request(kind, &host, me, cli.cpu_request)
         .map_err(|err| format!("cannot measure load (load-source {kind}): {err}"))?;
 
     let report = cli.report.as_deref().map(ReportFile::create).transpose()?;
@@ -221,6 +224,7 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         "root",
         cli.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
     );
+    forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
     forward("drain-timeout", Some("0".to_owned()));
 
     let interval_ms = cli.interval.unwrap_or(spec.interval.default);
@@ -236,6 +240,16 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
             .map_or_else(|| "none".to_owned(), |m| m.to_string()),
     );
     progress!("load: {}", meter.describe());
+    let observer = Observer::start(
+        cli.metrics_addr,
+        cli.timeline.as_deref(),
+        Thresholds {
+            soft: policy.soft,
+            hard: policy.hard,
+            hold: policy.hold,
+            release: policy.release,
+        },
+    )?;
     Ok(Plan {
         jobs,
         policy,
@@ -244,5 +258,6 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         max_utilization: cli.max_utilization,
         worker_args,
         report,
+        observer,
     })
 }

@@ -27,6 +27,8 @@ use super::tree::{CpuUse, ProcessTable};
 use super::worker::{self, Event};
 use super::{Job, Plan};
 use crate::exit;
+use crate::log::CAT;
+use crate::observe::Observer;
 use crate::progress::progress;
 use crate::report::{
     DrainReport, Report, ReportFile, SignalReport, Stamp, State, StateChange, print_line, reasons,
@@ -145,6 +147,8 @@ struct Summary {
     duration_s: f64,
     peak_load: Option<f64>,
     load_source: String,
+    /// CPUs the parent's load is measured against, as of its last sample.
+    capacity: f64,
     signals: Vec<SignalReport>,
 }
 
@@ -177,6 +181,7 @@ pub struct Parent {
     /// The last admission or policy note, told once until it changes.
     note: Option<String>,
     proc: HostPaths,
+    observer: Observer,
 }
 
 impl Parent {
@@ -203,6 +208,7 @@ impl Parent {
             load_warning: None,
             note: None,
             proc: HostPaths::system(),
+            observer: plan.observer,
         }
     }
 
@@ -290,6 +296,7 @@ impl Parent {
                 }
                 Err(err) => {
                     let text = format!("cannot start worker {id}: {err}");
+                    gst::error!(CAT, "cpuguard-run: {text}");
                     progress!("{text}");
                     let report = unstarted_report(&job, reasons::ERROR, reasons::ERROR_TEXT, text);
                     self.emit(job.id, None, None, report);
@@ -299,6 +306,7 @@ impl Parent {
     }
 
     fn on_event(&mut self, event: Event) {
+        self.observer.running(self.workers.len());
         match event {
             Event::Signal(signal) => self.on_signal(signal),
             Event::Stderr(id, line) => {
@@ -339,6 +347,7 @@ impl Parent {
     }
 
     fn on_signal(&mut self, signal: Signal) {
+        self.observer.signal(signal.as_str());
         let action = match (signal, self.stopping) {
             (Signal::SIGINT, Some(Stop::Interrupt)) => {
                 progress!("SIGINT again: killing every worker now");
@@ -401,6 +410,7 @@ impl Parent {
                 "none"
             }
         };
+        gst::info!(CAT, "cpuguard-run: {signal} received: {action}");
         self.signals.push(SignalReport {
             signal: signal.as_str().to_owned(),
             at: Stamp::now().rfc3339(),
@@ -429,6 +439,15 @@ impl Parent {
             EndReason::CpuLimit => Signal::SIGUSR1,
             _ => Signal::SIGTERM,
         };
+        gst::info!(
+            CAT,
+            "cpuguard-run: drain start: worker {id} (pid {}), reason {reason}, {signal}, \
+             timeout {}",
+            w.pid,
+            timeout_ms.map_or_else(|| "none".to_owned(), |ms| format!("{ms} ms"))
+        );
+        self.observer
+            .drain_started(now.mono, reason.as_str(), format!("worker {id}: {reason}"));
         w.drain = Some(ParentDrain {
             reason,
             requested: now,
@@ -478,6 +497,13 @@ impl Parent {
                     drain.reason
                 );
                 progress!("worker {id}: {why}");
+                gst::warning!(
+                    CAT,
+                    "cpuguard-run: escalation: worker {id} (pid {}) still draining after \
+                     {ms} ms: SIGKILL to its process group",
+                    w.pid
+                );
+                self.observer.escalated();
                 w.kill_group(why);
             }
         }
@@ -491,6 +517,15 @@ impl Parent {
     fn sample(&mut self, now: Instant) {
         let load = match self.meter.sample(now) {
             Ok(sample) => {
+                gst::debug!(
+                    CAT,
+                    "cpuguard-run: sample: load {:.3} ({}), capacity {:.2} CPUs",
+                    sample.load,
+                    sample.source,
+                    sample.capacity
+                );
+                self.observer
+                    .sample(now, sample.load, sample.capacity, sample.source.as_str());
                 self.load_warning = None;
                 self.peak_load = Some(self.peak_load.map_or(sample.load, |p| p.max(sample.load)));
                 Some(sample.load)
@@ -498,6 +533,8 @@ impl Parent {
             Err(err) => {
                 // Never a load: a window nobody measured must not drain.
                 let text = err.to_string();
+                gst::warning!(CAT, "cpuguard-run: no load sample: {text}");
+                self.observer.sample_error();
                 if self.load_warning.as_deref() != Some(&text) {
                     progress!("warning: no load sample: {text}");
                     self.load_warning = Some(text);
@@ -511,6 +548,15 @@ impl Parent {
                 && let Some(seconds) = table.cpu_seconds(&self.proc, w.pid)
             {
                 w.cpu.update(seconds, now);
+                gst::debug!(
+                    CAT,
+                    "cpuguard-run: worker {} (pid {}) CPU {:.3} CPUs ({:.2} s in all)",
+                    w.job.id,
+                    w.pid,
+                    w.cpu.rate,
+                    w.cpu.total
+                );
+                self.observer.worker_cpu(now, w.job.id, w.cpu.rate);
             }
         }
         if self.stopping.is_some() {
@@ -555,6 +601,17 @@ impl Parent {
                     .map(|c| format!("worker {} {:.2}", c.id, c.cpu))
                     .collect();
                 let pid = self.workers.get(&victim.id).map_or(0, |w| w.pid);
+                gst::info!(
+                    CAT,
+                    "cpuguard-run: victim: worker {} (pid {pid}), the heaviest of {} \
+                     (CPUs: {}); load {:.3} reached the {} threshold {}",
+                    victim.id,
+                    cpus.len(),
+                    cpus.join(", "),
+                    victim.load,
+                    victim.trigger,
+                    victim.threshold
+                );
                 progress!(
                     "load {:.3} ({}) reached the {} threshold {}: draining worker {} (pid {pid}), \
                      the heaviest (CPUs: {}), reason cpu-limit",
@@ -569,6 +626,10 @@ impl Parent {
                 self.request_drain(victim.id, EndReason::CpuLimit, Some(victim));
             }
             Decision::Wait(Verdict::Rising { count, hold }) => {
+                gst::debug!(
+                    CAT,
+                    "cpuguard-run: load {load:.3} at or above soft: {count}/{hold}"
+                );
                 progress!(
                     "load {load:.3} at or above soft-threshold {} ({count}/{hold})",
                     self.coordinator.config().soft
@@ -614,6 +675,12 @@ impl Parent {
     }
 
     fn emit(&mut self, id: u32, pid: Option<i32>, cpu_s: Option<f64>, report: Report) {
+        self.observer.worker_gone(id);
+        self.observer.result(report.status.as_str(), &report.reason);
+        if let Some(drain) = &report.drain {
+            self.observer.drain_ended(&drain.reason, drain.duration_s);
+        }
+        self.observer.running(self.workers.len());
         let result = WorkerResult {
             worker: id,
             pid,
@@ -665,6 +732,7 @@ impl Parent {
             duration_s: self.started.seconds_until(&ended),
             peak_load: self.peak_load.map(|l| (l * 10_000.0).round() / 10_000.0),
             load_source: self.meter.source().to_string(),
+            capacity: (self.meter.capacity() * 1000.0).round() / 1000.0,
             signals: self.signals.clone(),
         };
         if let Ok(line) = serde_json::to_string(&summary) {
@@ -674,6 +742,16 @@ impl Parent {
             "all workers ended: {complete} of {} COMPLETE; exit {exit_code}",
             self.results.len()
         );
+        let reasons: Vec<String> = summary
+            .by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        self.observer.finish(&format!(
+            "{complete} of {} workers COMPLETE ({})",
+            self.results.len(),
+            reasons.join(", ")
+        ));
         if let Some(file) = self.report_file {
             let path = file.path().to_owned();
             let contents = ReportFileContents {
@@ -790,6 +868,7 @@ fn made_report(
         pipeline: w.job.description.clone(),
         cpuguard_elements: w.job.cpuguard_elements.clone(),
         load_source: None,
+        capacity: None,
         drain_requested_at: w.drain.as_ref().map(|d| d.requested.rfc3339()),
         drain,
         states,
@@ -817,6 +896,7 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         pipeline: job.description.clone(),
         cpuguard_elements: job.cpuguard_elements.clone(),
         load_source: None,
+        capacity: None,
         drain_requested_at: None,
         drain: None,
         states: Vec::new(),

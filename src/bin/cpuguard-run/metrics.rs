@@ -1,0 +1,268 @@
+//! `--metrics-addr`: Prometheus metrics of the run, served at `/metrics`.
+//!
+//! The run only stores into atomics (prometheus-client's metric types); the
+//! HTTP server has its own thread and only reads them, so a slow or stuck
+//! scraper can never hold up the GLib main loop, the parent loop or a
+//! pipeline.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type F64Gauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    status: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabel {
+    signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+}
+
+/// Drains take from milliseconds (an idle encoder) to the drain timeout
+/// (30 s by default): 5 ms to about 82 s.
+fn drain_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Every metric of a run.
+pub struct Metrics {
+    registry: Registry,
+    up: Gauge,
+    load: Family<SourceLabel, F64Gauge>,
+    capacity: F64Gauge,
+    samples: Family<SourceLabel, Counter>,
+    sample_errors: Counter,
+    soft: F64Gauge,
+    hard: F64Gauge,
+    running: Gauge,
+    worker_cpu: Family<WorkerLabel, F64Gauge>,
+    drains: Family<ReasonLabel, Counter>,
+    drain_seconds: Family<ReasonLabel, Histogram, fn() -> Histogram>,
+    escalations: Counter,
+    results: Family<ResultLabels, Counter>,
+    signals: Family<SignalLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new(soft: f64, hard: f64) -> Self {
+        let mut registry = Registry::with_prefix("cpuguard");
+        let metrics = Metrics {
+            registry: Registry::default(),
+            up: Gauge::default(),
+            load: Family::default(),
+            capacity: F64Gauge::default(),
+            samples: Family::default(),
+            sample_errors: Counter::default(),
+            soft: F64Gauge::default(),
+            hard: F64Gauge::default(),
+            running: Gauge::default(),
+            worker_cpu: Family::default(),
+            drains: Family::default(),
+            drain_seconds: Family::new_with_constructor(drain_histogram),
+            escalations: Counter::default(),
+            results: Family::default(),
+            signals: Family::default(),
+        };
+        let m = &metrics;
+        let r = &mut registry;
+        r.register("up", "1 while cpuguard-run is running", m.up.clone());
+        r.register(
+            "load",
+            "Last load sample: share of capacity (1 = all of it; can exceed 1)",
+            m.load.clone(),
+        );
+        r.register(
+            "capacity_cpus",
+            "CPUs the load is measured against (quota, else CPU request; affinity; online CPUs)",
+            m.capacity.clone(),
+        );
+        r.register("load_samples", "Load samples taken", m.samples.clone());
+        r.register(
+            "load_sample_errors",
+            "Intervals without a load sample (unreadable or inconsistent counters)",
+            m.sample_errors.clone(),
+        );
+        r.register(
+            "soft_threshold",
+            "Load that, held for hold samples, drains",
+            m.soft.clone(),
+        );
+        r.register("hard_threshold", "Load that drains at once", m.hard.clone());
+        r.register(
+            "pipelines_running",
+            "Pipelines running (multi-pipeline mode: workers alive)",
+            m.running.clone(),
+        );
+        r.register(
+            "worker_cpu_cpus",
+            "CPUs used by a worker's process tree (multi-pipeline mode)",
+            m.worker_cpu.clone(),
+        );
+        r.register("drains", "Drains started, by reason", m.drains.clone());
+        r.register(
+            "drain_duration_seconds",
+            "From a drain's request to its end (EOS, or giving up), by reason",
+            m.drain_seconds.clone(),
+        );
+        r.register(
+            "drain_escalations",
+            "Drains that missed their timeout and were killed (SIGKILL)",
+            m.escalations.clone(),
+        );
+        r.register(
+            "results",
+            "Finished runs (multi-pipeline mode: workers), by status and reason",
+            m.results.clone(),
+        );
+        r.register("signals", "Signals received, by name", m.signals.clone());
+        metrics.up.set(1);
+        metrics.soft.set(soft);
+        metrics.hard.set(hard);
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn sample(&self, load: f64, capacity: f64, source: &str) {
+        let label = SourceLabel {
+            source: source.to_owned(),
+        };
+        self.load.get_or_create(&label).set(load);
+        self.samples.get_or_create(&label).inc();
+        self.capacity.set(capacity);
+    }
+
+    pub fn sample_error(&self) {
+        self.sample_errors.inc();
+    }
+
+    pub fn set_running(&self, running: usize) {
+        self.running.set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+
+    pub fn worker_cpu(&self, worker: u32, cpus: f64) {
+        let label = WorkerLabel {
+            worker: worker.to_string(),
+        };
+        self.worker_cpu.get_or_create(&label).set(cpus);
+    }
+
+    pub fn worker_gone(&self, worker: u32) {
+        self.worker_cpu.remove(&WorkerLabel {
+            worker: worker.to_string(),
+        });
+    }
+
+    pub fn drain_started(&self, reason: &str) {
+        self.drains
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn drain_ended(&self, reason: &str, seconds: f64) {
+        self.drain_seconds
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn escalated(&self) {
+        self.escalations.inc();
+    }
+
+    pub fn result(&self, status: &str, reason: &str) {
+        self.results
+            .get_or_create(&ResultLabels {
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        self.signals
+            .get_or_create(&SignalLabel {
+                signal: signal.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition, which Prometheus scrapes natively.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = encode(&mut text, &self.registry) {
+            text = format!("# cannot encode the metrics: {err}\n# EOF\n");
+        }
+        text
+    }
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `addr` now (so a bad or busy address is a usage error before
+/// anything runs) and serves `metrics` from a thread of its own; returns the
+/// bound address (port 0 picks a free one).
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, String> {
+    let server = tiny_http::Server::http(addr)
+        .map_err(|err| format!("cannot serve metrics on {addr}: {err}"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| format!("cannot serve metrics on {addr}: not an IP address"))?;
+    std::thread::Builder::new()
+        .name("cpuguard-metrics".to_owned())
+        .spawn(move || {
+            for request in server.incoming_requests() {
+                let path = request.url().split('?').next().unwrap_or_default();
+                let response = match (request.method(), path) {
+                    (tiny_http::Method::Get, "/metrics") => {
+                        let response = tiny_http::Response::from_string(metrics.encode());
+                        match tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
+                            Ok(header) => response.with_header(header),
+                            Err(()) => response,
+                        }
+                    }
+                    (tiny_http::Method::Get, "/") => {
+                        tiny_http::Response::from_string("cpuguard-run: metrics are at /metrics\n")
+                    }
+                    _ => tiny_http::Response::from_string("not found: try /metrics\n")
+                        .with_status_code(404),
+                };
+                // A scraper that went away is its own problem, never the run's.
+                let _ = request.respond(response);
+            }
+        })
+        .map_err(|err| format!("cannot start the metrics server thread: {err}"))?;
+    Ok(bound)
+}

@@ -1,0 +1,233 @@
+//! `--timeline FILE.svg`: load over time with the thresholds and the drain
+//! moments, so that a reader sees at a glance why a recording ended.
+//!
+//! Samples are only collected during the run; the picture is drawn once, when
+//! it ends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+const WIDTH: u32 = 960;
+const HEIGHT: u32 = 540;
+
+const LOAD_COLOR: RGBColor = RGBColor(31, 119, 180);
+const SOFT_COLOR: RGBColor = RGBColor(230, 145, 0);
+const HARD_COLOR: RGBColor = RGBColor(214, 39, 40);
+const DRAIN_COLOR: RGBColor = RGBColor(120, 40, 160);
+/// Per-worker CPU lines (multi-pipeline mode), cycled.
+const WORKER_COLORS: [RGBColor; 6] = [
+    RGBColor(44, 160, 44),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// The policy the lines stand for.
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub soft: f64,
+    pub hard: f64,
+    pub hold: u32,
+    pub release: u32,
+}
+
+struct Drain {
+    at: f64,
+    label: String,
+}
+
+/// What the picture shows, gathered as the run goes.
+pub struct Timeline {
+    path: PathBuf,
+    start: Instant,
+    thresholds: Thresholds,
+    load: Vec<(f64, f64)>,
+    source: Option<String>,
+    capacity: Option<f64>,
+    /// Worker id → (time, CPUs as a share of capacity).
+    workers: BTreeMap<u32, Vec<(f64, f64)>>,
+    drains: Vec<Drain>,
+}
+
+impl Timeline {
+    /// Checks now that `path` can be written, so a bad path is a usage error
+    /// before anything runs rather than a lost picture at the end.
+    pub fn create(path: &Path, start: Instant, thresholds: Thresholds) -> Result<Self, String> {
+        std::fs::File::create(path)
+            .map_err(|err| format!("cannot write timeline file {}: {err}", path.display()))?;
+        Ok(Timeline {
+            path: path.to_owned(),
+            start,
+            thresholds,
+            load: Vec::new(),
+            source: None,
+            capacity: None,
+            workers: BTreeMap::new(),
+            drains: Vec::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn seconds(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.start).as_secs_f64()
+    }
+
+    pub fn sample(&mut self, at: Instant, load: f64, capacity: f64, source: &str) {
+        let t = self.seconds(at);
+        self.load.push((t, load));
+        self.capacity = Some(capacity);
+        if self.source.as_deref() != Some(source) {
+            self.source = Some(source.to_owned());
+        }
+    }
+
+    /// A worker's CPUs, drawn as a share of the capacity so it reads on the
+    /// load axis: the heaviest worker is the highest line.
+    pub fn worker_cpu(&mut self, at: Instant, worker: u32, cpus: f64) {
+        let Some(capacity) = self.capacity.filter(|c| *c > 0.0) else {
+            return;
+        };
+        let t = self.seconds(at);
+        self.workers
+            .entry(worker)
+            .or_default()
+            .push((t, cpus / capacity));
+    }
+
+    pub fn drain(&mut self, at: Instant, label: String) {
+        let at = self.seconds(at);
+        self.drains.push(Drain { at, label });
+    }
+
+    /// Draws the picture; `outcome` ends the title ("CPU limit reached (cpu-limit)").
+    pub fn write(&self, outcome: &str, ended: Instant) -> Result<(), String> {
+        self.draw(outcome, self.seconds(ended))
+            .map_err(|err| format!("cannot write timeline {}: {err}", self.path.display()))
+    }
+
+    fn draw(&self, outcome: &str, end: f64) -> Result<(), Box<dyn std::error::Error>> {
+        let th = self.thresholds;
+        let x_max = self
+            .load
+            .iter()
+            .map(|(t, _)| *t)
+            .chain(self.drains.iter().map(|d| d.at))
+            .fold(end, f64::max)
+            .max(1.0);
+        let peak = self
+            .load
+            .iter()
+            .chain(self.workers.values().flatten())
+            .map(|(_, v)| *v)
+            .fold(th.hard, f64::max);
+        let y_max = (peak * 1.1).max(1.05);
+
+        let root = SVGBackend::new(&self.path, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let title = format!("cpuguard-run: {outcome}");
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(16)
+            .x_label_area_size(42)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..x_max * 1.02, 0.0..y_max)?;
+        let capacity = match (&self.source, self.capacity) {
+            (Some(source), Some(cpus)) => {
+                format!("load ({source}, share of {cpus:.2} CPUs)")
+            }
+            _ => "load (share of capacity)".to_owned(),
+        };
+        chart
+            .configure_mesh()
+            .x_desc("time since start (s)")
+            .y_desc(capacity)
+            .axis_desc_style(("sans-serif", 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+
+        let hline = |y: f64| vec![(0.0, y), (x_max * 1.02, y)];
+        chart
+            .draw_series(LineSeries::new(hline(th.hard), HARD_COLOR.stroke_width(2)))?
+            .label(format!("hard threshold {} (drains at once)", th.hard))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], HARD_COLOR.stroke_width(2)));
+        let release = if th.release > 1 {
+            format!(", release {}", th.release)
+        } else {
+            String::new()
+        };
+        chart
+            .draw_series(LineSeries::new(hline(th.soft), SOFT_COLOR.stroke_width(2)))?
+            .label(format!(
+                "soft threshold {} (drains after hold {}{release})",
+                th.soft, th.hold
+            ))
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], SOFT_COLOR.stroke_width(2)));
+
+        for (i, (worker, points)) in self.workers.iter().enumerate() {
+            let color = WORKER_COLORS[i % WORKER_COLORS.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(1),
+                ))?
+                .label(format!("worker {worker} CPU (share of capacity)"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+        }
+
+        chart
+            .draw_series(LineSeries::new(
+                self.load.iter().copied(),
+                LOAD_COLOR.stroke_width(3),
+            ))?
+            .label("load")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], LOAD_COLOR.stroke_width(3)));
+        chart.draw_series(
+            self.load
+                .iter()
+                .map(|&(t, l)| Circle::new((t, l), 3, LOAD_COLOR.filled())),
+        )?;
+
+        for (i, drain) in self.drains.iter().enumerate() {
+            chart.draw_series(LineSeries::new(
+                [(drain.at, 0.0), (drain.at, y_max)],
+                DRAIN_COLOR.stroke_width(2),
+            ))?;
+            // Staggered, so that drains close together stay readable; on the
+            // right half the label ends at the line instead of leaving the plot.
+            let row = (i % 4) as f64;
+            let hpos = if drain.at > x_max * 0.55 {
+                HPos::Right
+            } else {
+                HPos::Left
+            };
+            let style = ("sans-serif", 14)
+                .into_font()
+                .color(&DRAIN_COLOR)
+                .pos(Pos::new(hpos, VPos::Top));
+            chart.draw_series(std::iter::once(Text::new(
+                format!(" {} ", drain.label),
+                (drain.at, y_max * (0.98 - 0.06 * row)),
+                style,
+            )))?;
+        }
+
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 13))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    }
+}
