@@ -5,11 +5,11 @@
 //! Randomness is seeded: the seed is printed, and `CPUGUARD_SEED=<seed>`
 //! replays a failing run. Timings are upper bounds that only catch hangs.
 
-mod common;
 #[path = "reliability/burner.rs"]
 mod burner;
 #[path = "reliability/cgroup.rs"]
 mod cgroup;
+mod common;
 #[path = "reliability/recording.rs"]
 mod recording;
 #[path = "reliability/supervised.rs"]
@@ -19,7 +19,7 @@ use burner::Burner;
 use common::{FakeHost, init, is_element_message, run_until_end, structure_of};
 use gst::prelude::*;
 use nix::sys::signal::Signal;
-use recording::{Container, FRAME, av_description, play_av, watch_pad};
+use recording::{Container, FRAME, av_description, play, play_av, watch_pad};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -342,4 +342,141 @@ fn randomized_stops_under_overload_lose_nothing() {
     );
     // The burner must really have oversubscribed the host.
     assert!(busy > 0.85, "host only {:.0}% busy", busy * 100.0);
+}
+
+/// 30 frames that the source produces at once (not live) and that then take
+/// about a second to trickle through a slow element: the source's own EOS is
+/// queued behind them, so a stop requested meanwhile comes *during* the
+/// pipeline's natural end.
+fn ending_by_itself(location: &Path, guard_props: &str) -> String {
+    format!(
+        "videotestsrc num-buffers=30 ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+         ! queue max-size-buffers=0 max-size-bytes=0 max-size-time=0 ! identity sleep-time=30000 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast ! h264parse \
+         ! cpuguard name=guard {guard_props} ! mp4mux ! filesink location={}",
+        location.display()
+    )
+}
+
+/// Every one of the 30 frames made it into a playable file.
+fn all_frames_kept(path: &Path) -> Result<(), String> {
+    let playback = play(path, Container::Mp4)?;
+    match playback.video.frames {
+        30 => Ok(()),
+        n => Err(format!("{}: {n} of 30 frames", path.display())),
+    }
+}
+
+/// SIGTERM while the pipeline is ending by itself: COMPLETE with reason eos,
+/// and nothing queued behind the source's EOS is cut off.
+#[test]
+fn sigterm_during_a_natural_end_completes_with_eos() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("natural.mp4");
+    let run = Supervised::spawn(&["--drain-timeout", "30s"], &ending_by_itself(&out, ""));
+    std::thread::sleep(Duration::from_millis(300));
+    run.signal(Signal::SIGTERM);
+    let done = run.finish(HANG).unwrap();
+    let report = &done.json;
+    assert_eq!(report["status"], "COMPLETE", "{report}\n{}", done.stderr);
+    assert_eq!(report["reason"], "eos", "{report}\n{}", done.stderr);
+    assert_eq!(done.code, Some(0));
+    assert_eq!(report["signals"][0]["signal"], "SIGTERM");
+    all_frames_kept(&out).unwrap();
+}
+
+/// The element on its own: neither the `drain` action nor a threshold crossed
+/// during a natural end starts a drain; the EOS is the pipeline's own.
+#[test]
+fn element_lets_a_natural_end_finish() {
+    for by_threshold in [false, true] {
+        let host = FakeHost::new(0.1);
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("natural.mp4");
+        let pipeline = launch(&ending_by_itself(
+            &out,
+            &format!(
+                "load-source=system root={} interval=50 hold=2 soft-threshold=0.6",
+                host.root_str()
+            ),
+        ));
+        pipeline.set_state(gst::State::Playing).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        if by_threshold {
+            host.set_load(0.99);
+        } else {
+            let guard = pipeline.by_name("guard").unwrap();
+            assert!(
+                !guard.emit_by_name::<bool>("drain", &[&"stop-requested"]),
+                "a drain started during a natural end"
+            );
+        }
+        let msgs = run_until_end(&pipeline, HANG);
+        pipeline.set_state(gst::State::Null).unwrap();
+        assert!(
+            matches!(
+                msgs.last().map(|m| m.view()),
+                Some(gst::MessageView::Eos(_))
+            ),
+            "{:?}",
+            msgs.last()
+        );
+        let drained = msgs
+            .iter()
+            .find(|m| is_element_message(m, "cpuguard-drain"));
+        assert!(drained.is_none(), "drained: {drained:?}");
+        all_frames_kept(&out).unwrap();
+    }
+}
+
+/// A live recording that ends by itself (num-buffers) with a SIGTERM or a
+/// SIGUSR1 drain at seeded random moments around its end: always COMPLETE.
+/// A stop that came after the end is reason eos and keeps every frame; one
+/// that came before is the drain's own reason.
+#[test]
+fn stops_around_a_natural_end_always_complete() {
+    const FRAMES: u64 = 45;
+    let seed = seed();
+    eprintln!("natural end: seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut by_reason = std::collections::BTreeMap::<String, usize>::new();
+    for n in 0..8 {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("live.mp4");
+        let description = format!(
+            "videotestsrc is-live=true num-buffers={FRAMES} \
+             ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 \
+             ! x264enc tune=zerolatency speed-preset=ultrafast ! h264parse \
+             ! cpuguard name=guard ! mp4mux ! filesink location={}",
+            out.display()
+        );
+        // dry-run: a busy host must not drain it before the signal does.
+        let run = Supervised::spawn(&["--dry-run", "--drain-timeout", "30s"], &description);
+        let (signal, expected) = if n % 2 == 0 {
+            (Signal::SIGTERM, "stop-requested")
+        } else {
+            (Signal::SIGUSR1, "cpu-limit")
+        };
+        // The end is at 1.5 s of running time, plus start-up.
+        let at = Duration::from_millis(rng.u64(1300..=1900));
+        std::thread::sleep(at);
+        run.signal(signal);
+        let done = run.finish(HANG).unwrap();
+        let report = &done.json;
+        let context = format!("seed {seed}, run {n}, {signal} at {at:?}: {report}");
+        assert_eq!(report["status"], "COMPLETE", "{context}\n{}", done.stderr);
+        assert_eq!(done.code, Some(0), "{context}");
+        let reason = report["reason"].as_str().unwrap_or_default().to_owned();
+        let frames = play(&out, Container::Mp4)
+            .unwrap_or_else(|e| panic!("{context}: {e}"))
+            .video
+            .frames;
+        match reason.as_str() {
+            "eos" => assert_eq!(frames, FRAMES, "{context}"),
+            r if r == expected => assert!(frames <= FRAMES, "{context}"),
+            other => panic!("{context}: reason {other}"),
+        }
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    eprintln!("RELIABILITY natural end: 8 runs, all COMPLETE, by reason {by_reason:?}");
 }

@@ -15,7 +15,13 @@ impl Burner {
     /// guard's drop takes the workers down with their parent.
     pub fn start(workers: u32, extra: &[&str]) -> Burner {
         let child = Command::new("stress-ng")
-            .args(["--cpu", &workers.to_string(), "--timeout", "900s", "--quiet"])
+            .args([
+                "--cpu",
+                &workers.to_string(),
+                "--timeout",
+                "900s",
+                "--quiet",
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -23,10 +29,6 @@ impl Burner {
             .spawn()
             .expect("stress-ng runs (scripts/deps.sh installs it)");
         Burner { child }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 }
 
