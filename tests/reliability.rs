@@ -480,3 +480,237 @@ fn stops_around_a_natural_end_always_complete() {
     }
     eprintln!("RELIABILITY natural end: 8 runs, all COMPLETE, by reason {by_reason:?}");
 }
+
+/// One `cpuguard-load` sample as gst-launch-1.0 -m prints it.
+struct LoadLine {
+    element: String,
+    load: f64,
+    source: String,
+    capacity: f64,
+}
+
+fn load_lines(stdout: &str) -> Vec<LoadLine> {
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = line.split(&format!("{key}=(")).nth(1)?;
+        let value = rest.split_once(')')?.1;
+        Some(value.split([',', ';']).next()?.trim().to_owned())
+    };
+    stdout
+        .lines()
+        .filter(|l| l.contains("cpuguard-load"))
+        .filter_map(|l| {
+            Some(LoadLine {
+                element: l.split('"').nth(1)?.to_owned(),
+                load: field(l, "load")?.parse().ok()?,
+                source: field(l, "source")?,
+                capacity: field(l, "capacity")?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// What cpuguard measured inside a group while a burner used `share` of its quota.
+struct QuotaReading {
+    cgroup_load: f64,
+    capacity: f64,
+    auto_source: String,
+    /// The group's CPU use measured from its processes, as a share of the quota.
+    used_share: f64,
+}
+
+/// Runs a burner using `share` (1 = all, more than the quota allows) of the
+/// quota `cpus` inside the group `join` moves a shell into, and next to it a
+/// gst-launch-1.0 with two dry-run cpuguards: `cgroup` and `auto`.
+fn read_quota(join: &str, procs: &Path, cpus: f64, share: f64) -> QuotaReading {
+    let burner_args = if share >= 1.0 {
+        // More workers than the quota has CPUs: the quota is the limit.
+        format!("--cpu {}", cpus.ceil() as u32 + 1)
+    } else {
+        format!(
+            "--cpu 1 --cpu-load {}",
+            (cpus * share * 100.0).round() as u32
+        )
+    };
+    let _burner = {
+        use std::os::unix::process::CommandExt;
+        struct Group(std::process::Child);
+        impl Drop for Group {
+            fn drop(&mut self) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(-(self.0.id() as i32)),
+                    Signal::SIGKILL,
+                );
+                let _ = self.0.wait();
+            }
+        }
+        Group(
+            std::process::Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("{join} && exec stress-ng {burner_args} --timeout 60s --quiet"),
+                ])
+                .process_group(0)
+                .spawn()
+                .expect("sh runs"),
+        )
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let plugins = common::plugin_dir();
+    let (ticks_before, wall) = (group_ticks(procs), Instant::now());
+    let meter = format!(
+        "{join} && exec gst-launch-1.0 -m videotestsrc is-live=true num-buffers=45 \
+         ! video/x-raw,width=16,height=16,framerate=10/1 \
+         ! cpuguard name=cg load-source=cgroup interval=500 dry-run=true \
+         ! cpuguard name=au load-source=auto interval=500 dry-run=true ! fakesink"
+    );
+    let output = std::process::Command::new("timeout")
+        .args(["60", "sh", "-c", &meter])
+        .env("GST_PLUGIN_PATH", &plugins)
+        .env("GST_REGISTRY", plugins.join("test-registry.bin"))
+        .output()
+        .expect("gst-launch-1.0 runs");
+    let used = ticks_since(procs, &ticks_before) / wall.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines = load_lines(&stdout);
+    // The first samples cover the start-up: steady state only.
+    let of = |name: &str| -> Vec<&LoadLine> {
+        lines.iter().filter(|l| l.element == name).skip(2).collect()
+    };
+    let (cg, au) = (of("cg"), of("au"));
+    assert!(
+        cg.len() >= 4 && !au.is_empty(),
+        "too few samples:\n{stdout}"
+    );
+    assert!(
+        cg.iter().chain(&au).all(|l| l.capacity == cg[0].capacity),
+        "capacity varies:\n{stdout}"
+    );
+    assert!(cg.iter().all(|l| l.source == "cgroup"), "{stdout}");
+    QuotaReading {
+        cgroup_load: median(cg.iter().map(|l| l.load).collect()),
+        capacity: cg[0].capacity,
+        auto_source: au[0].source.clone(),
+        used_share: used / cpus,
+    }
+}
+
+/// utime+stime in seconds of every process in the group (`cgroup.procs`),
+/// read from each process's own /proc stat: independent of the cgroup
+/// counters cpuguard reads.
+fn group_ticks(procs: &Path) -> std::collections::HashMap<i32, f64> {
+    let tps = procfs::ticks_per_second() as f64;
+    std::fs::read_to_string(procs)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+            Some((pid, (stat.utime + stat.stime) as f64 / tps))
+        })
+        .collect()
+}
+
+/// CPU seconds the group's processes used since `before` (processes present
+/// both times; the burner's are, for the whole measurement).
+fn ticks_since(procs: &Path, before: &std::collections::HashMap<i32, f64>) -> f64 {
+    group_ticks(procs)
+        .iter()
+        .filter_map(|(pid, now)| before.get(pid).map(|then| now - then))
+        .sum()
+}
+
+/// Checks one quota: capacity = quota, the cgroup load tracks what the
+/// group's processes really used, a burner using all of the quota reads about
+/// 1 and half of it about 0.5, and `auto` picks the cgroup. `procs` is the
+/// group's `cgroup.procs`.
+fn check_quota(join: &str, procs: &Path, cpus: f64, label: &str) -> String {
+    let full = read_quota(join, procs, cpus, 1.0);
+    let half = read_quota(join, procs, cpus, 0.5);
+    let line = format!(
+        "{label} quota {cpus} CPU: capacity {:.2}; all of it: load {:.2} (used {:.2} of the quota); \
+         half of it: load {:.2} (used {:.2}); auto -> {}",
+        full.capacity,
+        full.cgroup_load,
+        full.used_share,
+        half.cgroup_load,
+        half.used_share,
+        full.auto_source
+    );
+    eprintln!("{line}");
+    for reading in [&full, &half] {
+        assert!((reading.capacity - cpus).abs() < 0.01, "{line}");
+        assert_eq!(reading.auto_source, "cgroup", "{line}");
+        assert!(
+            (reading.cgroup_load - reading.used_share).abs() <= 0.15,
+            "cgroup load does not track the group's use: {line}"
+        );
+    }
+    // On a host busy with other work a burner may not get its whole quota
+    // (the load still tracks what it got, checked above).
+    if full.used_share >= 0.9 {
+        assert!((0.85..=1.2).contains(&full.cgroup_load), "{line}");
+    } else {
+        eprintln!(
+            "note: the host did not give the burner its {cpus} CPU (only {:.2} of it): \
+             the saturated reading is checked against what it got",
+            full.used_share
+        );
+    }
+    if (0.4..=0.6).contains(&half.used_share) {
+        assert!((0.3..=0.7).contains(&half.cgroup_load), "{line}");
+    }
+    line
+}
+
+/// Real CFS quotas of 0.25, 0.5 and 1.5 CPU (cgroup v1 here; v2 where the
+/// host's cgroup2 hierarchy has the cpu controller). Needs root.
+#[test]
+fn real_quotas_are_tracked_and_picked_by_auto() {
+    let _cpu = exclusive_cpu();
+    let mut tried = Vec::new();
+    for cpus in [0.25, 0.5, 1.5] {
+        let name = format!("cpuguard-rel-{}-{}", std::process::id(), cpus * 100.0);
+        match cgroup::V1Cgroup::with_quota(&name, cpus) {
+            Ok(group) => tried.push(check_quota(
+                &group.join_script(),
+                &group.cpu.join("cgroup.procs"),
+                cpus,
+                "v1",
+            )),
+            Err(why) => {
+                eprintln!("SKIP cgroup v1 quotas: {why}");
+                break;
+            }
+        }
+    }
+    match (cgroup::v2_cpu_unavailable(), cgroup::v2_root()) {
+        (None, Some(root)) => {
+            for cpus in [0.25, 0.5, 1.5] {
+                let name = format!("cpuguard-rel-{}-{}", std::process::id(), cpus * 100.0);
+                let group = cgroup::V2Cgroup::with_quota(&root, &name, cpus)
+                    .unwrap_or_else(|e| panic!("cgroup v2 group: {e}"));
+                tried.push(check_quota(
+                    &group.join_script(),
+                    &group.dir.join("cgroup.procs"),
+                    cpus,
+                    "v2",
+                ));
+            }
+        }
+        (why, _) => eprintln!(
+            "SKIP cgroup v2 quotas: {}",
+            why.unwrap_or_else(|| "no cgroup2 mount".to_owned())
+        ),
+    }
+    eprintln!("RELIABILITY real quotas: {} tried", tried.len());
+}
