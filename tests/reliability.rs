@@ -714,3 +714,96 @@ fn real_quotas_are_tracked_and_picked_by_auto() {
     }
     eprintln!("RELIABILITY real quotas: {} tried", tried.len());
 }
+
+/// Hysteresis soak (not in CI: `scripts/soak.sh`, or `--ignored`): load
+/// oscillating around the soft threshold for `CPUGUARD_SOAK_SECS` (default
+/// 600) in dry-run, counting the drains that would have fired without
+/// (`release=1`) and with (`release=5`, as LiveKit Egress) hysteresis. Both
+/// elements judge the same samples.
+#[test]
+#[ignore = "10-minute soak: run scripts/soak.sh"]
+fn hysteresis_soak() {
+    const SOFT: f64 = 0.85;
+    const INTERVAL_MS: u64 = 100;
+    let secs: u64 = std::env::var("CPUGUARD_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let seed = seed();
+    let host = FakeHost::new(0.5);
+    let guard = |name: &str, release: u32| {
+        format!(
+            "cpuguard name={name} load-source=system root={} interval={INTERVAL_MS} hold=3 \
+             release={release} soft-threshold={SOFT} hard-threshold=0.99 dry-run=true",
+            host.root_str()
+        )
+    };
+    let pipeline = launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=16,height=16,framerate=10/1 \
+         ! {} ! {} ! fakesink",
+        guard("release1", 1),
+        guard("release5", 5)
+    ));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut would = std::collections::BTreeMap::<String, u64>::new();
+    let (mut samples, mut above) = (0u64, 0u64);
+    std::thread::scope(|scope| {
+        // The load: a slow swing of ±0.06 around the threshold with ±0.04 of
+        // noise, so runs above it are broken by short dips.
+        scope.spawn(|| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let start = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = start.elapsed().as_secs_f64();
+                let swing = 0.06 * (t * std::f64::consts::TAU / 4.0).sin();
+                host.set_load(SOFT + swing + (rng.f64() - 0.5) * 0.08);
+                std::thread::sleep(Duration::from_millis(INTERVAL_MS));
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_nanos() as u64,
+        )) {
+            let source = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+            match msg.view() {
+                gst::MessageView::Error(e) => panic!("error from {source}: {}", e.error()),
+                gst::MessageView::Eos(_) => panic!("the dry-run pipeline ended"),
+                _ if is_element_message(&msg, "cpuguard-drain") => {
+                    panic!("dry-run drained: {msg:?}")
+                }
+                _ if is_element_message(&msg, "cpuguard-would-drain") => {
+                    *would.entry(source).or_default() += 1;
+                }
+                _ if is_element_message(&msg, "cpuguard-load") && source == "release1" => {
+                    samples += 1;
+                    let load = structure_of(&msg).get::<f64>("load").unwrap_or(0.0);
+                    above += u64::from(load >= SOFT);
+                }
+                _ => {}
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (without, with) = (
+        would.get("release1").copied().unwrap_or(0),
+        would.get("release5").copied().unwrap_or(0),
+    );
+    eprintln!(
+        "RELIABILITY hysteresis soak: {secs} s, {samples} samples ({:.0}% at or above soft {SOFT}), \
+         hold 3; would-drain: {without} with release=1, {with} with release=5; 0 real drains; seed {seed}",
+        100.0 * above as f64 / samples.max(1) as f64
+    );
+    assert!(
+        samples > secs * 1000 / INTERVAL_MS / 2,
+        "too few samples: {samples}"
+    );
+    // Hysteresis keeps a hovering load from never draining: with release=5 a
+    // dip no longer undoes the count, so at least as many drains would fire.
+    assert!(with >= without, "release=5 {with} < release=1 {without}");
+    assert!(with > 0, "the oscillating load never reached a would-drain");
+}
