@@ -74,6 +74,38 @@ where
     count
 }
 
+/// True when every source of `top` has already sent its own EOS (a file
+/// source at its end, `num-buffers` reached): the pipeline is ending by
+/// itself, and a drain would only cut off what is still on its way to the
+/// sinks. Reads pad flags only, so it never waits on a stream lock.
+pub fn natural_end_under_way(top: &gst::Element) -> bool {
+    let Some(bin) = top.downcast_ref::<gst::Bin>() else {
+        return false;
+    };
+    let mut seen_any = false;
+    let mut iter = leaf_sources(bin);
+    loop {
+        match iter.next() {
+            Ok(Some(source)) => {
+                let pads = source.src_pads();
+                if pads.is_empty() {
+                    return false;
+                }
+                seen_any = true;
+                if !pads
+                    .iter()
+                    .all(|pad| pad.pad_flags().contains(gst::PadFlags::EOS))
+                {
+                    return false;
+                }
+            }
+            Ok(None) => return seen_any,
+            // The bin changed while we looked: not known to be ending.
+            Err(_) => return false,
+        }
+    }
+}
+
 fn leaf_sources(bin: &gst::Bin) -> gst::Iterator<gst::Element> {
     bin.iterate_recurse()
         .filter(|e| e.element_flags().contains(gst::ElementFlags::SOURCE) && !e.is::<gst::Bin>())

@@ -223,10 +223,12 @@ impl CpuGuard {
     /// What the shared sampler needs to know before it decides.
     pub(super) fn facts(&self) -> MemberFacts {
         let dry_run = lock(&self.settings).dry_run;
+        // Looked at before taking the state lock: it walks the pipeline.
+        let by_itself = self.ending_by_itself(drain::top_level(self.obj().upcast_ref()).as_ref());
         let state = lock(&self.state);
         let drain = state.drain.as_ref();
         MemberFacts {
-            ending: drain.is_some() || self.stream_ended.load(Ordering::SeqCst),
+            ending: drain.is_some() || by_itself,
             drain_finished: drain.is_some_and(|d| d.completed || d.timed_out),
             dry_run,
         }
@@ -344,6 +346,15 @@ impl CpuGuard {
         let settings = self.settings();
         let obj = self.obj();
         let top = drain::top_level(obj.upcast_ref());
+        if self.ending_by_itself(top.as_ref()) {
+            gst::info!(
+                CAT,
+                imp = self,
+                "The stream is ending by itself (its sources sent EOS): no drain ({})",
+                notice.reason
+            );
+            return false;
+        }
         {
             let mut state = lock(&self.state);
             if let Some(drain) = &state.drain {
@@ -375,6 +386,12 @@ impl CpuGuard {
             Some(top) => {
                 let weak = obj.downgrade();
                 let asked = drain::push_eos_from_sources(top, move |pad| {
+                    // A source that already sent its own EOS needs no help:
+                    // ending this branch early would drop what is still
+                    // queued behind that EOS.
+                    if pad.pad_flags().contains(gst::PadFlags::EOS) {
+                        return;
+                    }
                     if let Some(obj) = weak.upgrade() {
                         gst::warning!(
                             CAT,
@@ -820,6 +837,13 @@ impl BaseTransformImpl for CpuGuard {
 }
 
 impl CpuGuard {
+    /// The EOS went through this element, or every source of the pipeline has
+    /// already sent its own: a natural end, which a drain must not turn into
+    /// a stop (nor shorten).
+    fn ending_by_itself(&self, top: Option<&gst::Element>) -> bool {
+        self.stream_ended.load(Ordering::SeqCst) || top.is_some_and(drain::natural_end_under_way)
+    }
+
     fn has_drain(&self) -> bool {
         lock(&self.state).drain.is_some()
     }

@@ -23,6 +23,9 @@ pub struct Drain {
     /// request (which carries the load and source) has not been seen.
     pub awaiting_echo: bool,
     pub completed: bool,
+    /// The stop came when every source had already sent its own EOS: the
+    /// run ends as a natural end (reason eos), not as this drain.
+    pub natural_end: bool,
     pub ended: Option<Stamp>,
 }
 
@@ -41,6 +44,7 @@ impl Drain {
             confirmed: true,
             awaiting_echo: false,
             completed: false,
+            natural_end: false,
             ended: None,
         }
     }
@@ -67,6 +71,7 @@ impl Drain {
             confirmed: true,
             awaiting_echo: false,
             completed: false,
+            natural_end: false,
             ended: None,
         }
     }

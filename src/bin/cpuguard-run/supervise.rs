@@ -399,6 +399,11 @@ impl Supervisor {
 
     fn on_eos(&mut self) {
         match self.drain.as_mut() {
+            Some(drain) if drain.natural_end => {
+                drain.completed = true;
+                progress!("pipeline reached EOS by itself (a stop request came during its end)");
+                self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+            }
             Some(drain) => {
                 drain.completed = true;
                 let (reason, description) = (drain.reason.clone(), drain.description.clone());
@@ -514,6 +519,17 @@ impl Supervisor {
         let Some(drain) = self.drain.as_mut() else {
             return;
         };
+        if gstcpuguard::cpuguard::drain::natural_end_under_way(self.pipeline.upcast_ref()) {
+            // The EOS is already on its way to the sinks: a drain now would
+            // only cut off what is queued behind it, and the run is a natural
+            // end (the drain timeout still bounds the wait).
+            drain.natural_end = true;
+            progress!(
+                "{why}: the pipeline is already ending by itself (its sources sent EOS); \
+                 waiting for its EOS"
+            );
+            return;
+        }
         if drainable.is_empty() {
             // No cpuguard: EOS from every source, as gst-launch-1.0 -e does on
             // Ctrl-C, but the way cpuguard sends it (IDLE probes from a pool
