@@ -32,7 +32,13 @@ fn av_recording(path: &Path, guard_props: &str) -> gst::Pipeline {
 fn drain_action_finalizes_audio_and_video_branches() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("av.mp4");
-    let pipeline = av_recording(&out, "load-source=system");
+    // A calm fake host: the drain under test is the action's, not one the
+    // machine's real load could start first.
+    let host = FakeHost::new(0.1);
+    let pipeline = av_recording(
+        &out,
+        &format!("load-source=system root={}", host.root_str()),
+    );
     pipeline.set_state(gst::State::Playing).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let guard = pipeline.by_name("guard").unwrap();
@@ -136,10 +142,13 @@ fn drain_timeout_posts_error_while_sink_is_blocked() {
 
 #[test]
 fn completed_drain_posts_no_timeout_error() {
-    let pipeline = launch(
+    let host = FakeHost::new(0.1);
+    let pipeline = launch(&format!(
         "videotestsrc is-live=true ! video/x-raw,width=64,height=64,framerate=30/1 \
-         ! cpuguard name=guard load-source=system drain-timeout=2000 interval=50 ! fakesink",
-    );
+         ! cpuguard name=guard load-source=system root={} drain-timeout=2000 interval=50 \
+         ! fakesink",
+        host.root_str()
+    ));
     pipeline.set_state(gst::State::Playing).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let guard = pipeline.by_name("guard").unwrap();
