@@ -2,6 +2,8 @@
 //! whose /proc/stat reports a load the test chooses, and bus helpers.
 #![allow(dead_code)]
 
+pub mod run;
+
 use gst::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
