@@ -19,6 +19,8 @@ mod process;
 mod psi;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
