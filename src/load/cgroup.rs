@@ -237,6 +237,11 @@ impl CpuCgroup {
         })
     }
 
+    /// The cgroup's directory, re-rooted.
+    pub fn dir(&self) -> &Path {
+        &self.located.dir
+    }
+
     /// One phrase for logs: `cgroup v1 /a/b at /sys/fs/cgroup/cpu/a/b`.
     pub fn describe(&self) -> String {
         format!(
