@@ -3,13 +3,15 @@
 //! stop-requested and exit 0 once every file is finalized; SIGINT stops it at
 //! once. One JSON result goes to stdout, progress to stderr.
 //!
-//! Modules, one job each: `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
+//! Modules, one job each: `branches` (which sinks finished, which an error
+//! cut off), `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
 //! their settings), `pipeline` (parsing the description), `signals` (signals
 //! on the main loop), `supervise` (the run and its state flow), `report` (the
 //! JSON result), `progress` (stderr lines), `exit` (exit codes), `multi`
 //! (multi-pipeline mode: one parent deciding for worker processes, each of
 //! which is this same program in single mode with `--worker ID`).
 
+mod branches;
 mod cli;
 mod drain;
 mod exit;
