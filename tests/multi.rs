@@ -8,20 +8,13 @@
 
 mod common;
 
+use common::run::*;
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_cpuguard-run");
-/// Upper bound for anything that should happen "soon": only catches hangs.
-const HANG: Duration = Duration::from_secs(60);
 
 /// A live H.264 recording at `width`x`height` into `path`, cpuguard included.
 fn recording(width: u32, height: u32, path: &Path) -> String {
@@ -44,208 +37,6 @@ fn fake_load(host: &FakeHost) -> Vec<String> {
         "--root".into(),
         host.root_str(),
     ]
-}
-
-/// A running parent; stdout and stderr are read line by line as they come.
-struct Run {
-    child: Child,
-    events: Receiver<(bool, String)>,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-struct Ended {
-    status: ExitStatus,
-    stdout: Vec<String>,
-    stderr: String,
-    at: Instant,
-}
-
-impl Ended {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// Every result line, keyed by worker id, and the summary (last line).
-    fn results(&self) -> (Vec<Value>, Value) {
-        let mut values: Vec<Value> = self
-            .stdout
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-            .collect();
-        let summary = values.pop().expect("a summary line");
-        assert_eq!(summary["summary"], true, "last line is the summary");
-        values.sort_by_key(|v| v["worker"].as_u64());
-        (values, summary)
-    }
-}
-
-fn spawn(args: &[String]) -> Run {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("GST_PLUGIN_PATH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cpuguard-run starts");
-    let (tx, events) = channel();
-    let stdout = Arc::new(Mutex::new(Vec::new()));
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let (out, tx_out) = (stdout.clone(), tx.clone());
-    let pipe = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if line.trim().is_empty() {
-                continue;
-            }
-            out.lock().unwrap().push(line.clone());
-            let _ = tx_out.send((true, line));
-        }
-    });
-    let (err, pipe) = (stderr.clone(), child.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            {
-                let mut err = err.lock().unwrap();
-                err.push_str(&line);
-                err.push('\n');
-            }
-            let _ = tx.send((false, line));
-        }
-    });
-    Run {
-        child,
-        events,
-        stdout,
-        stderr,
-    }
-}
-
-impl Run {
-    fn stderr_so_far(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn stdout_so_far(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// Waits for a line (on stdout when `stdout`) for which `pred` holds.
-    fn wait_line(
-        &mut self,
-        stdout: bool,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .events
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok((out, line)) if out == stdout && pred(&line) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "no such line within {timeout:?}; stderr:\n{}",
-                    self.stderr_so_far()
-                ),
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("output closed first; stderr:\n{}", self.stderr_so_far())
-                }
-            }
-        }
-    }
-
-    fn wait_stderr(&mut self, needle: &str) -> String {
-        self.wait_line(false, HANG, |l| l.contains(needle))
-    }
-
-    /// The result line of worker `id`, as soon as it is printed.
-    fn wait_result(&mut self, id: u64) -> Value {
-        let line = self.wait_line(true, HANG, |l| {
-            serde_json::from_str::<Value>(l).is_ok_and(|v| v["worker"] == id)
-        });
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// Waits until every worker in `ids` says it is PLAYING (in any order).
-    fn wait_active(&mut self, ids: &[u32]) {
-        let deadline = Instant::now() + HANG;
-        while !ids.iter().all(|id| {
-            self.stderr_so_far()
-                .contains(&format!("worker {id}: state ACTIVE"))
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "workers {ids:?} not all ACTIVE:\n{}",
-                self.stderr_so_far()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: Signal) -> Instant {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal sent");
-        Instant::now()
-    }
-
-    fn wait_exit(mut self, timeout: Duration) -> Ended {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "cpuguard-run did not exit within {timeout:?}:\n{}",
-                    self.stderr_so_far()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let at = Instant::now();
-        // The readers finish once the pipes close.
-        while self.events.recv_timeout(Duration::from_secs(5)).is_ok() {}
-        Ended {
-            status,
-            stdout: self.stdout_so_far(),
-            stderr: self.stderr_so_far(),
-            at,
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        // A failed assertion must not leave recorders running: SIGINT makes
-        // the parent stop (and reap) its workers.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
-            std::thread::sleep(Duration::from_secs(2));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn assert_no_panic(ended: &Ended) {
-    assert!(
-        !ended.stderr.contains("panicked"),
-        "panic:\n{}",
-        ended.stderr
-    );
-}
-
-fn str_of<'a>(v: &'a Value, name: &str) -> &'a str {
-    v[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("{name} is not a string in {v}"))
-}
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
 }
 
 fn pipelines(descriptions: &[String]) -> Vec<String> {
@@ -292,7 +83,7 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
         recording(1280, 720, &files[2]),
     ]));
     let mut run = spawn(&a);
-    run.wait_active(&[1, 2, 3]);
+    run.wait_workers_active(&[1, 2, 3]);
     // Past the start-up burst, so CPU ranks the encodes by their cost.
     std::thread::sleep(Duration::from_millis(2000));
     host.set_load(0.9);
@@ -304,9 +95,9 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
     let large = run.wait_result(3);
     // The load stayed high during that drain: still nobody else was chosen.
     host.set_load(0.1);
-    assert_eq!(str_of(&large, "status"), "COMPLETE", "{large}");
-    assert_eq!(str_of(&large, "reason"), "cpu-limit");
-    assert_eq!(str_of(&large, "end_reason"), "CPU limit reached");
+    assert_eq!(str_field(&large, "status"), "COMPLETE", "{large}");
+    assert_eq!(str_field(&large, "reason"), "cpu-limit");
+    assert_eq!(str_field(&large, "end_reason"), "CPU limit reached");
     assert_eq!(large["drain"]["trigger"], "soft");
     assert_eq!(large["drain"]["threshold"], 0.5);
     assert_eq!(large["drain"]["source"], "system");
@@ -336,13 +127,13 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
     assert_eq!(results.len(), 3);
     for (r, id) in results.iter().zip(1..) {
         assert_eq!(r["worker"], id);
-        assert_eq!(str_of(r, "status"), "COMPLETE", "{r}");
+        assert_eq!(str_field(r, "status"), "COMPLETE", "{r}");
         let expected = if id == 3 {
             "cpu-limit"
         } else {
             "stop-requested"
         };
-        assert_eq!(str_of(r, "reason"), expected, "{r}");
+        assert_eq!(str_field(r, "reason"), expected, "{r}");
         eprintln!(
             "worker {id}: cpu_s {}, duration_s {}",
             r["cpu_s"], r["duration_s"]
@@ -389,7 +180,7 @@ fn stuck_drain_is_killed_after_the_timeout_even_with_load_back_down() {
     ]));
     a.extend(pipelines(&[stuck, recording(160, 120, &light)]));
     let mut run = spawn(&a);
-    run.wait_active(&[1, 2]);
+    run.wait_workers_active(&[1, 2]);
     std::thread::sleep(Duration::from_millis(1500));
     host.set_load(0.9);
     let decision = run.wait_stderr("draining worker");
@@ -401,9 +192,9 @@ fn stuck_drain_is_killed_after_the_timeout_even_with_load_back_down() {
     let stuck = run.wait_result(1);
     let took = drained_at.elapsed();
     eprintln!("drain-timeout escalation after {took:?}");
-    assert_eq!(str_of(&stuck, "status"), "FAILED", "{stuck}");
-    assert_eq!(str_of(&stuck, "reason"), "drain-timeout");
-    assert!(str_of(&stuck, "error").contains("SIGKILL"), "{stuck}");
+    assert_eq!(str_field(&stuck, "status"), "FAILED", "{stuck}");
+    assert_eq!(str_field(&stuck, "reason"), "drain-timeout");
+    assert!(str_field(&stuck, "error").contains("SIGKILL"), "{stuck}");
     assert_eq!(stuck["drain"]["reason"], "cpu-limit");
     assert_eq!(stuck["drain"]["completed"], false);
     assert_eq!(stuck["exit_code"], 137);
@@ -420,8 +211,13 @@ fn stuck_drain_is_killed_after_the_timeout_even_with_load_back_down() {
     assert_no_panic(&ended);
     assert_eq!(ended.code(), Some(1), "stderr:\n{}", ended.stderr);
     let (results, summary) = ended.results();
-    assert_eq!(str_of(&results[1], "status"), "COMPLETE", "{}", results[1]);
-    assert_eq!(str_of(&results[1], "reason"), "stop-requested");
+    assert_eq!(
+        str_field(&results[1], "status"),
+        "COMPLETE",
+        "{}",
+        results[1]
+    );
+    assert_eq!(str_field(&results[1], "reason"), "stop-requested");
     assert_eq!(summary["status"], "FAILED");
     assert_eq!(summary["failed"], 1);
     assert_eq!(
@@ -443,14 +239,14 @@ fn a_crashing_worker_fails_alone() {
         recording(160, 120, &survivor),
     ]));
     let mut run = spawn(&a);
-    run.wait_active(&[1, 2]);
+    run.wait_workers_active(&[1, 2]);
     let pid = worker_pid(&run.stderr_so_far(), 1);
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("worker killed");
 
     let crashed = run.wait_result(1);
-    assert_eq!(str_of(&crashed, "status"), "FAILED", "{crashed}");
-    assert_eq!(str_of(&crashed, "reason"), "error");
-    assert_eq!(str_of(&crashed, "error"), "worker killed by SIGKILL");
+    assert_eq!(str_field(&crashed, "status"), "FAILED", "{crashed}");
+    assert_eq!(str_field(&crashed, "reason"), "error");
+    assert_eq!(str_field(&crashed, "error"), "worker killed by SIGKILL");
     assert_eq!(crashed["pid"], pid);
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(run.stdout_so_far().len(), 1, "the other keeps going");
@@ -460,8 +256,8 @@ fn a_crashing_worker_fails_alone() {
     assert_no_panic(&ended);
     assert_eq!(ended.code(), Some(1), "stderr:\n{}", ended.stderr);
     let (results, summary) = ended.results();
-    assert_eq!(str_of(&results[1], "status"), "COMPLETE");
-    assert_eq!(str_of(&results[1], "reason"), "stop-requested");
+    assert_eq!(str_field(&results[1], "status"), "COMPLETE");
+    assert_eq!(str_field(&results[1], "reason"), "stop-requested");
     assert_eq!(summary["complete"], 1);
     assert_eq!(summary["failed"], 1);
     mp4_streams(&survivor).expect("the survivor's recording plays");
@@ -474,7 +270,7 @@ fn sigint_stops_every_worker_at_once() {
     a.extend(args(&["--interval", "250", "--release", "2"]));
     a.extend(pipelines(&[TINY.to_owned(), TINY.to_owned()]));
     let mut run = spawn(&a);
-    run.wait_active(&[1, 2]);
+    run.wait_workers_active(&[1, 2]);
     assert!(run.stderr_so_far().contains("release 2"));
     std::thread::sleep(Duration::from_millis(500));
     let sent = run.signal(Signal::SIGINT);
@@ -487,8 +283,8 @@ fn sigint_stops_every_worker_at_once() {
     let (results, summary) = ended.results();
     assert_eq!(results.len(), 2);
     for r in &results {
-        assert_eq!(str_of(r, "status"), "FAILED", "{r}");
-        assert_eq!(str_of(r, "reason"), "interrupted", "{r}");
+        assert_eq!(str_field(r, "status"), "FAILED", "{r}");
+        assert_eq!(str_field(r, "reason"), "interrupted", "{r}");
         assert_eq!(r["drain"], Value::Null, "no drain: {r}");
     }
     assert_eq!(summary["status"], "FAILED");
@@ -528,7 +324,7 @@ fn jobs_wait_for_the_load_to_drop_below_max_utilization() {
         gap >= Duration::from_millis(100),
         "one start per interval: {gap:?}"
     );
-    run.wait_active(&[1, 2]);
+    run.wait_workers_active(&[1, 2]);
     run.signal(Signal::SIGTERM);
     let ended = run.wait_exit(HANG);
     assert_no_panic(&ended);
@@ -553,7 +349,7 @@ fn jobs_never_admitted_are_reported_not_started() {
     let (results, summary) = ended.results();
     assert_eq!(results.len(), 2);
     for r in &results {
-        assert_eq!(str_of(r, "reason"), "not-started", "{r}");
+        assert_eq!(str_field(r, "reason"), "not-started", "{r}");
         assert_eq!(r["pid"], Value::Null);
     }
     assert_eq!(summary["failed"], 2);
@@ -621,7 +417,7 @@ fn bad_input_exits_2_naming_the_problem() {
             "{a:?}: expected {needle:?} in:\n{}",
             ended.stderr
         );
-        assert!(ended.stdout.is_empty(), "{a:?}: {:?}", ended.stdout);
+        assert!(ended.stdout_lines().is_empty(), "{a:?}: {:?}", ended.stdout);
     }
     // The bad description is named, not just its number.
     let ended = spawn(&args(&["--jobs", &bad_line])).wait_exit(HANG);
@@ -645,11 +441,10 @@ fn sigusr1_drains_a_single_run_with_reason_cpu_limit() {
     let ended = run.wait_exit(HANG);
     assert_no_panic(&ended);
     assert_eq!(ended.code(), Some(0), "stderr:\n{}", ended.stderr);
-    assert_eq!(ended.stdout.len(), 1, "{:?}", ended.stdout);
-    let json: Value = serde_json::from_str(&ended.stdout[0]).unwrap();
-    assert_eq!(str_of(&json, "status"), "COMPLETE");
-    assert_eq!(str_of(&json, "reason"), "cpu-limit");
-    assert_eq!(str_of(&json, "end_reason"), "CPU limit reached");
+    let json = ended.json();
+    assert_eq!(str_field(&json, "status"), "COMPLETE");
+    assert_eq!(str_field(&json, "reason"), "cpu-limit");
+    assert_eq!(str_field(&json, "end_reason"), "CPU limit reached");
     assert_eq!(json["signals"][0]["signal"], "SIGUSR1");
     assert_eq!(json["signals"][0]["action"], "drain");
     mp4_streams(&out).expect("playable");
@@ -659,7 +454,7 @@ fn sigusr1_drains_a_single_run_with_reason_cpu_limit() {
 fn help_documents_multi_pipeline_mode_and_sigusr1() {
     let ended = spawn(&args(&["--help"])).wait_exit(HANG);
     assert_eq!(ended.code(), Some(0));
-    let help = ended.stdout.join("\n");
+    let help = &ended.stdout;
     for needle in [
         "--pipeline",
         "--jobs",

@@ -6,231 +6,18 @@
 
 mod common;
 
+use common::run::*;
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_cpuguard-run");
-/// Upper bound for anything that should happen "soon": only catches hangs.
-const HANG: Duration = Duration::from_secs(60);
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Live 320x240 H.264, the cheapest real encode.
 const VIDEO: &str = "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 \
      ! x264enc speed-preset=ultrafast tune=zerolatency ! h264parse";
-
-/// A running `cpuguard-run`, its stderr read line by line as it comes.
-struct Run {
-    child: Child,
-    lines: Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    stderr_thread: Option<JoinHandle<()>>,
-    stdout_thread: Option<JoinHandle<String>>,
-}
-
-/// How a run ended.
-struct Ended {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    /// When the process was seen to exit.
-    at: Instant,
-}
-
-impl Ended {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// The one JSON object the run printed on stdout.
-    fn json(&self) -> Value {
-        let lines: Vec<&str> = self
-            .stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "expected one JSON line on stdout, got {:?}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
-        serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("bad JSON {:?}: {e}", lines[0]))
-    }
-}
-
-/// Splits a gst-launch style description into arguments, as a shell would.
-fn args_of(description: &str) -> Vec<String> {
-    description.split_whitespace().map(str::to_owned).collect()
-}
-
-fn command(args: &[String]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        // The binary registers cpuguard statically: it must not need the path.
-        .env_remove("GST_PLUGIN_PATH")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-fn spawn(args: &[String]) -> Run {
-    spawn_command(command(args))
-}
-
-fn spawn_command(mut cmd: Command) -> Run {
-    let mut child = cmd.spawn().expect("cpuguard-run starts");
-    let stderr_pipe = child.stderr.take().expect("stderr piped");
-    let mut stdout_pipe = child.stdout.take().expect("stdout piped");
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let (tx, lines) = channel();
-    let log = stderr.clone();
-    let stderr_thread = std::thread::spawn(move || {
-        for line in BufReader::new(stderr_pipe).lines() {
-            let Ok(line) = line else { break };
-            {
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-            let _ = tx.send(line);
-        }
-    });
-    let stdout_thread = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout_pipe.read_to_string(&mut out);
-        out
-    });
-    Run {
-        child,
-        lines,
-        stderr,
-        stderr_thread: Some(stderr_thread),
-        stdout_thread: Some(stdout_thread),
-    }
-}
-
-impl Run {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn stderr_so_far(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until a stderr line contains `needle`.
-    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no stderr line with {needle:?} within {timeout:?}:\n{}",
-                        self.stderr_so_far()
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait();
-                    panic!(
-                        "stderr closed before {needle:?} ({status:?}):\n{}",
-                        self.stderr_so_far()
-                    );
-                }
-            }
-        }
-    }
-
-    /// The pipeline is PLAYING: signals now act on a running recording.
-    fn wait_active(&mut self) {
-        self.wait_for_line("state ACTIVE", HANG);
-    }
-
-    fn signal(&self, signal: Signal) -> Instant {
-        kill(self.pid(), signal).expect("signal sent");
-        Instant::now()
-    }
-
-    /// Waits for the process to exit; kills it and fails after `timeout`.
-    fn wait_exit(mut self, timeout: Duration) -> Ended {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "cpuguard-run did not exit within {timeout:?}:\n{}",
-                    self.stderr_so_far()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let at = Instant::now();
-        if let Some(t) = self.stderr_thread.take() {
-            let _ = t.join();
-        }
-        let stdout = self
-            .stdout_thread
-            .take()
-            .map(|t| t.join().unwrap_or_default())
-            .unwrap_or_default();
-        Ended {
-            status,
-            stdout,
-            stderr: self.stderr_so_far(),
-            at,
-        }
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        // A failed assertion must not leave a recorder running.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn str_field<'a>(json: &'a Value, name: &str) -> &'a str {
-    json[name]
-        .as_str()
-        .unwrap_or_else(|| panic!("{name} is not a string in {json}"))
-}
-
-fn states(json: &Value) -> Vec<String> {
-    json["states"]
-        .as_array()
-        .expect("states")
-        .iter()
-        .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
-fn assert_no_panic(ended: &Ended) {
-    assert!(
-        !ended.stderr.contains("panicked"),
-        "panic:\n{}",
-        ended.stderr
-    );
-}
 
 fn assert_playable(path: &Path, expected: &[&str]) {
     let mut streams =
@@ -344,7 +131,7 @@ fn sigterm_while_starting_still_drains() {
         calm_guard(&host, ""),
         out.display()
     )));
-    run.wait_for_line("state STARTING", HANG);
+    run.wait_stderr("state STARTING");
     run.signal(Signal::SIGTERM);
     let ended = run.wait_exit(HANG);
     assert_no_panic(&ended);
@@ -506,7 +293,7 @@ fn second_sigterm_does_not_cut_the_drain_short() {
     run.wait_active();
     std::thread::sleep(Duration::from_millis(2000));
     run.signal(Signal::SIGTERM);
-    run.wait_for_line("state ENDING", HANG);
+    run.wait_stderr("state ENDING");
     std::thread::sleep(Duration::from_millis(200));
     run.signal(Signal::SIGTERM);
     let ended = run.wait_exit(HANG);
@@ -536,7 +323,7 @@ fn sigint_during_a_drain_interrupts_it() {
     run.wait_active();
     std::thread::sleep(Duration::from_millis(2000));
     run.signal(Signal::SIGTERM);
-    run.wait_for_line("state ENDING", HANG);
+    run.wait_stderr("state ENDING");
     std::thread::sleep(Duration::from_millis(200));
     let sent = run.signal(Signal::SIGINT);
     let ended = run.wait_exit(HANG);
@@ -713,7 +500,7 @@ fn bad_input_exits_2_naming_the_problem() {
             ended.stderr
         );
         assert!(
-            ended.stdout.trim().is_empty(),
+            ended.stdout_lines().is_empty(),
             "{args:?}: no result when nothing ran: {}",
             ended.stdout
         );

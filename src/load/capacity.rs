@@ -139,7 +139,7 @@ impl Limits {
 }
 
 /// `Cpus_allowed_list:\t0-3,6` in `/proc/<pid>/status`.
-fn parse_affinity(status: &str) -> Result<u32, String> {
+pub(super) fn parse_affinity(status: &str) -> Result<u32, String> {
     let list = status
         .lines()
         .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
@@ -147,8 +147,12 @@ fn parse_affinity(status: &str) -> Result<u32, String> {
     count_cpu_list(list.trim())
 }
 
+/// More CPUs than any Linux build supports (`CONFIG_NR_CPUS` tops out at
+/// 8192 on x86-64): a list beyond it is not the kernel's.
+pub(super) const MAX_CPUS: u32 = 65_536;
+
 /// Counts a kernel CPU list such as `0-3,6` (4 + 1 = 5).
-fn count_cpu_list(list: &str) -> Result<u32, String> {
+pub(super) fn count_cpu_list(list: &str) -> Result<u32, String> {
     let mut count: u32 = 0;
     for range in list.split(',') {
         let range = range.trim();
@@ -167,11 +171,16 @@ fn count_cpu_list(list: &str) -> Result<u32, String> {
     if count == 0 {
         return Err(format!("no CPUs in {list:?}"));
     }
+    if count > MAX_CPUS {
+        return Err(format!(
+            "CPU list {list:?} has {count} CPUs, more than {MAX_CPUS}"
+        ));
+    }
     Ok(count)
 }
 
 /// Counts the `cpuN` lines of `/proc/stat` (online CPUs only are listed).
-fn count_stat_cpus(stat: &str) -> Result<u32, String> {
+pub(super) fn count_stat_cpus(stat: &str) -> Result<u32, String> {
     let count = stat
         .lines()
         .filter(|line| {
@@ -180,8 +189,9 @@ fn count_stat_cpus(stat: &str) -> Result<u32, String> {
         })
         .count();
     match u32::try_from(count) {
-        Ok(0) | Err(_) => Err("no cpuN lines".to_owned()),
-        Ok(n) => Ok(n),
+        Ok(0) => Err("no cpuN lines".to_owned()),
+        Ok(n) if n <= MAX_CPUS => Ok(n),
+        _ => Err(format!("{count} cpuN lines, more than {MAX_CPUS}")),
     }
 }
 
@@ -199,6 +209,8 @@ mod tests {
         assert!(count_cpu_list("3-1").is_err());
         assert!(count_cpu_list("a-b").is_err());
         assert!(count_cpu_list("0-4294967295").is_err());
+        assert!(count_cpu_list("0-4294967294").is_err());
+        assert_eq!(count_cpu_list("0-65535"), Ok(65_536));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `/sys/fs/cgroup/unified` without the cpu controller, and its files would
 //! not reflect the quota that actually throttles us).
 
+use std::ops::RangeInclusive;
 use std::path::{Component, Path, PathBuf};
 
 use super::LoadError;
@@ -236,6 +237,11 @@ impl CpuCgroup {
         })
     }
 
+    /// The cgroup's directory, re-rooted.
+    pub fn dir(&self) -> &Path {
+        &self.located.dir
+    }
+
     /// One phrase for logs: `cgroup v1 /a/b at /sys/fs/cgroup/cpu/a/b`.
     pub fn describe(&self) -> String {
         format!(
@@ -287,7 +293,7 @@ impl QuotaFiles {
                 };
                 read_into(period, buf)?;
                 let period_us =
-                    parse_positive(buf.trim()).map_err(|d| LoadError::malformed(period, d))?;
+                    parse_cfs_period(buf).map_err(|d| LoadError::malformed(period, d))?;
                 Ok(Level::Cpus(quota_us as f64 / period_us as f64))
             }
         }
@@ -296,7 +302,7 @@ impl QuotaFiles {
 
 /// One level of the quota chain.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Level {
+pub(super) enum Level {
     /// No quota file (controller not enabled at this level, or no CFS bandwidth).
     Absent,
     /// `max` or `-1`.
@@ -382,43 +388,66 @@ impl UsageFile {
     }
 }
 
+/// The kernel's CFS bandwidth bounds (`kernel/sched/core.c`): a period of
+/// 1 ms to 1 s and a quota of at least 1 ms and at most 2^44-1 µs. A value
+/// outside them is not something the kernel wrote, and would turn into an
+/// absurd capacity (a quota of 1 µs per 2^64 µs reads as any load × 10^19, a
+/// false drain).
+const CFS_PERIOD_US: RangeInclusive<u64> = 1_000..=1_000_000;
+const CFS_QUOTA_US: RangeInclusive<u64> = 1_000..=(1 << 44) - 1;
+
 /// `cpu.max`: `"QUOTA PERIOD"` or `"max PERIOD"`.
-fn parse_cpu_max(text: &str) -> Result<Level, String> {
+pub(super) fn parse_cpu_max(text: &str) -> Result<Level, String> {
     let mut fields = text.split_whitespace();
     let quota = fields.next().ok_or("empty file")?;
     if quota == "max" {
         return Ok(Level::Unlimited);
     }
-    let quota = parse_positive(quota)?;
-    let period = parse_positive(fields.next().ok_or("missing period")?)?;
+    let quota = parse_in_range(quota, "quota", CFS_QUOTA_US)?;
+    let period = parse_in_range(
+        fields.next().ok_or("missing period")?,
+        "period",
+        CFS_PERIOD_US,
+    )?;
     Ok(Level::Cpus(quota as f64 / period as f64))
 }
 
 /// `cpu.cfs_quota_us`: microseconds, or -1 for no quota.
-fn parse_cfs_quota(text: &str) -> Result<Option<u64>, String> {
+pub(super) fn parse_cfs_quota(text: &str) -> Result<Option<u64>, String> {
     match text.trim() {
         "-1" => Ok(None),
-        other => parse_positive(other).map(Some),
+        other => parse_in_range(other, "quota", CFS_QUOTA_US).map(Some),
     }
 }
 
-fn parse_usage_usec(text: &str) -> Result<u64, String> {
+/// `cpu.cfs_period_us`: microseconds.
+pub(super) fn parse_cfs_period(text: &str) -> Result<u64, String> {
+    parse_in_range(text.trim(), "period", CFS_PERIOD_US)
+}
+
+fn parse_in_range(text: &str, what: &str, range: RangeInclusive<u64>) -> Result<u64, String> {
+    let value = parse_u64(text)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{what} {value} µs is outside the kernel's range {}..={} µs",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
+pub(super) fn parse_usage_usec(text: &str) -> Result<u64, String> {
     text.lines()
         .find_map(|line| line.strip_prefix("usage_usec "))
         .ok_or_else(|| "no usage_usec line".to_owned())
         .and_then(|v| parse_u64(v.trim()))
 }
 
-fn parse_u64(text: &str) -> Result<u64, String> {
+pub(super) fn parse_u64(text: &str) -> Result<u64, String> {
     text.parse()
         .map_err(|_| format!("expected an unsigned integer, got {text:?}"))
-}
-
-fn parse_positive(text: &str) -> Result<u64, String> {
-    match parse_u64(text)? {
-        0 => Err(format!("expected a positive integer, got {text:?}")),
-        n => Ok(n),
-    }
 }
 
 #[cfg(test)]
@@ -435,6 +464,9 @@ mod tests {
         assert!(parse_cpu_max("50000 0").is_err());
         assert!(parse_cpu_max("0 100000").is_err());
         assert!(parse_cpu_max("50000").is_err());
+        assert!(parse_cpu_max("1 18446744073709551615").is_err());
+        let err = parse_cpu_max("50000 100").unwrap_err();
+        assert!(err.contains("period 100 µs is outside"), "{err}");
     }
 
     #[test]
@@ -444,6 +476,10 @@ mod tests {
         assert!(parse_cfs_quota("-2").is_err());
         assert!(parse_cfs_quota("0").is_err());
         assert!(parse_cfs_quota("").is_err());
+        assert!(parse_cfs_quota("999").is_err());
+        assert_eq!(parse_cfs_period("1000000\n"), Ok(1_000_000));
+        assert!(parse_cfs_period("1000001").is_err());
+        assert!(parse_cfs_period("999").is_err());
     }
 
     #[test]

@@ -52,6 +52,13 @@ pub enum LoadError {
     )]
     Rebaselined { path: PathBuf },
 
+    #[error(
+        "cgroup directory {} is gone; found the process's cgroup again: {now}; \
+         load is available from the next sample",
+        gone.display()
+    )]
+    Relocated { gone: PathBuf, now: String },
+
     #[error("unknown load source {value:?}; valid values: auto, process, cgroup, system, psi")]
     UnknownSource { value: String },
 }

@@ -20,6 +20,8 @@ mod psi;
 mod request;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
@@ -103,6 +105,10 @@ pub struct LoadSample {
 
 /// Follows one load counter between samples.
 pub struct LoadMeter {
+    /// What the meter was asked for, to find the cgroup again if it goes away.
+    origin: Origin,
+    /// The cgroup directories the counter or the capacity depend on.
+    cgroup_dirs: Vec<PathBuf>,
     source: LoadSourceKind,
     counter: Counter,
     limits: Limits,
@@ -169,6 +175,19 @@ impl LoadMeter {
             }
             Err(err) => (None, Err(err)),
         };
+        let origin = Origin {
+            kind,
+            paths: paths.clone(),
+            pid,
+            request,
+        };
+        let cgroup_dirs: Vec<PathBuf> = match &cpu_cgroup {
+            Ok(c) => std::iter::once(c.dir())
+                .chain(c.usage.as_ref().ok().and_then(|u| u.path.parent()))
+                .map(Path::to_owned)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let (source, why) = match kind {
             LoadSourceKind::Auto => {
                 let (source, why) = choose_auto(&cpu_cgroup, request, &mut buf)?;
@@ -193,7 +212,18 @@ impl LoadMeter {
                 let usage = usage?;
                 let what = format!("usage of {what} from {}", usage.path.display());
                 let limits = Limits::process(paths, pid, Some(quota)).with_request(request);
-                return Self::start(source, Counter::Cgroup(usage), limits, what, why, buf, now);
+                let counter = Counter::Cgroup(usage);
+                return Self::start(
+                    origin,
+                    cgroup_dirs,
+                    source,
+                    counter,
+                    limits,
+                    what,
+                    why,
+                    buf,
+                    now,
+                );
             }
             LoadSourceKind::Psi => {
                 let pressure = psi::locate(paths, cgroups.as_ref())?;
@@ -205,7 +235,18 @@ impl LoadMeter {
                 let what = format!("host busy/idle time from {}", stat.display());
                 let limits = Limits::host(paths);
                 let counter = Counter::System { stat };
-                return Self::start(source, counter, limits, what, why, buf, now);
+                // Host figures do not depend on any cgroup.
+                return Self::start(
+                    origin,
+                    Vec::new(),
+                    source,
+                    counter,
+                    limits,
+                    what,
+                    why,
+                    buf,
+                    now,
+                );
             }
         };
         // Process and psi: capacity still honours the cgroup quota when known.
@@ -217,10 +258,23 @@ impl LoadMeter {
             Err(err) => (None, format!("{what}; no cgroup quota known ({err})")),
         };
         let limits = Limits::process(paths, pid, quota).with_request(request);
-        Self::start(source, counter, limits, what, why, buf, now)
+        Self::start(
+            origin,
+            cgroup_dirs,
+            source,
+            counter,
+            limits,
+            what,
+            why,
+            buf,
+            now,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start(
+        origin: Origin,
+        cgroup_dirs: Vec<PathBuf>,
         source: LoadSourceKind,
         counter: Counter,
         limits: Limits,
@@ -239,6 +293,8 @@ impl LoadMeter {
             None => format!("source={source}: {what}"),
         };
         Ok(Self {
+            origin,
+            cgroup_dirs,
             source,
             counter,
             limits,
@@ -277,7 +333,42 @@ impl LoadMeter {
     /// reports [`LoadError::Rebaselined`]); a window with no elapsed time, or
     /// (for `process`) shorter than 10 clock ticks, keeps the previous baseline
     /// so the next call measures a longer window.
+    ///
+    /// When the cgroup followed disappears (the process was moved and the
+    /// cgroup removed), the meter finds the process's cgroup again, as at
+    /// start, and reports [`LoadError::Relocated`]; samples resume at the next call.
     pub fn sample(&mut self, now: Instant) -> Result<LoadSample, LoadError> {
+        match self.sample_here(now) {
+            Err(err) if self.cgroup_dirs.iter().any(|dir| !dir.is_dir()) => {
+                self.relocate(now).unwrap_or(Err(err))
+            }
+            result => result,
+        }
+    }
+
+    /// A new meter on the process's current cgroup, replacing this one.
+    fn relocate(&mut self, now: Instant) -> Option<Result<LoadSample, LoadError>> {
+        let Origin {
+            kind,
+            paths,
+            pid,
+            request,
+        } = &self.origin;
+        let moved = Self::with_request_at(*kind, paths, *pid, *request, now).ok()?;
+        let gone = self
+            .cgroup_dirs
+            .iter()
+            .find(|dir| !dir.is_dir())
+            .cloned()
+            .unwrap_or_default();
+        *self = moved;
+        Some(Err(LoadError::Relocated {
+            gone,
+            now: self.describe(),
+        }))
+    }
+
+    fn sample_here(&mut self, now: Instant) -> Result<LoadSample, LoadError> {
         let counts = match self.counter.read(&mut self.buf) {
             Ok(counts) => counts,
             Err(err) => {
@@ -393,6 +484,14 @@ fn choose_auto(
             ),
         },
     )
+}
+
+/// The arguments a meter was created with.
+struct Origin {
+    kind: LoadSourceKind,
+    paths: HostPaths,
+    pid: i32,
+    request: Option<CpuRequest>,
 }
 
 /// Cumulative counters. `idle` is only used by the `system` source.

@@ -303,6 +303,34 @@ fn vanished_cgroup_directory_is_an_error() {
 }
 
 #[test]
+fn cgroup_removed_while_running_is_found_again() {
+    let host = Host::copy("v1-split");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    // The process is moved to /other (1.5 CPUs) and /job is removed.
+    host.write("sys/fs/cgroup/cpu/other/cpu.cfs_quota_us", "150000\n");
+    host.write("sys/fs/cgroup/cpu/other/cpu.cfs_period_us", "100000\n");
+    host.write("sys/fs/cgroup/cpuacct/other/cpuacct.usage", "1000000000\n");
+    host.write(
+        "proc/4242/cgroup",
+        "4:cpu:/other\n3:cpuacct:/other\n1:name=systemd:/init.scope\n",
+    );
+    fs::remove_dir_all(host.path("sys/fs/cgroup/cpu/job")).unwrap();
+    fs::remove_dir_all(host.path("sys/fs/cgroup/cpuacct/job")).unwrap();
+
+    let err = meter.sample(t0 + secs(1)).unwrap_err();
+    assert!(matches!(err, LoadError::Relocated { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("cpu/job is gone"), "{text}");
+    assert!(text.contains("cgroup v1 /other"), "{text}");
+
+    host.write("sys/fs/cgroup/cpuacct/other/cpuacct.usage", "1750000000\n");
+    let sample = meter.sample(t0 + secs(2)).unwrap();
+    assert_close(sample.capacity, 1.5);
+    assert_close(sample.load, 0.5);
+}
+
+#[test]
 fn cgroup_outside_the_mount_root_is_an_error() {
     let host = Host::copy("v1-joint");
     host.write("proc/4242/cgroup", "5:cpu,cpuacct:/docker/other/worker\n");

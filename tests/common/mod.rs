@@ -2,11 +2,13 @@
 //! whose /proc/stat reports a load the test chooses, and bus helpers.
 #![allow(dead_code)]
 
+pub mod run;
+
 use gst::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,8 @@ pub fn init() {
 pub struct FakeHost {
     pub dir: tempfile::TempDir,
     load: Arc<AtomicU64>,
+    fault: Arc<AtomicU8>,
+    rewind: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -63,20 +67,27 @@ impl FakeHost {
         )
         .unwrap();
         let load = Arc::new(AtomicU64::new(initial_load.to_bits()));
+        let fault = Arc::new(AtomicU8::new(StatFault::None as u8));
+        let rewind = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let stat = root.join("proc/stat");
         write_atomically(&stat, &proc_stat(0, 0));
         let thread = {
             let (load, stop) = (load.clone(), stop.clone());
+            let (fault, rewind) = (fault.clone(), rewind.clone());
             std::thread::spawn(move || {
                 let (mut busy, mut idle) = (0u64, 0u64);
                 while !stop.load(Ordering::SeqCst) {
+                    if rewind.swap(false, Ordering::SeqCst) {
+                        (busy, idle) = (0, 0);
+                    }
                     // 1000 ticks a round: the busy share is exact at any read.
                     let share = f64::from_bits(load.load(Ordering::SeqCst)).clamp(0.0, 1.0);
                     let b = (share * 1000.0).round() as u64;
                     busy += b;
                     idle += 1000 - b;
-                    write_atomically(&stat, &proc_stat(busy, idle));
+                    // The counters run on during a fault, as the kernel's do.
+                    StatFault::from_u8(fault.load(Ordering::SeqCst)).write(&stat, busy, idle);
                     std::thread::sleep(Duration::from_millis(2));
                 }
             })
@@ -84,6 +95,8 @@ impl FakeHost {
         FakeHost {
             dir,
             load,
+            fault,
+            rewind,
             stop,
             thread: Some(thread),
         }
@@ -99,6 +112,61 @@ impl FakeHost {
 
     pub fn set_load(&self, load: f64) {
         self.load.store(load.to_bits(), Ordering::SeqCst);
+    }
+
+    /// Breaks /proc/stat until set back to [`StatFault::None`].
+    pub fn set_fault(&self, fault: StatFault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    /// The /proc/stat counters restart from zero: they go backwards once.
+    pub fn rewind(&self) {
+        self.rewind.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stat_path(&self) -> PathBuf {
+        self.root().join("proc/stat")
+    }
+}
+
+/// What is wrong with the fake /proc/stat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StatFault {
+    None,
+    /// The file is gone.
+    Vanished,
+    /// Reading it fails (a directory stands in its place: root ignores file modes).
+    Unreadable,
+    /// It holds no counters.
+    Garbage,
+}
+
+impl StatFault {
+    fn from_u8(value: u8) -> Self {
+        [Self::None, Self::Vanished, Self::Unreadable, Self::Garbage]
+            .into_iter()
+            .find(|f| *f as u8 == value)
+            .unwrap_or(Self::None)
+    }
+
+    fn write(self, stat: &Path, busy: u64, idle: u64) {
+        if self != Self::Unreadable && stat.is_dir() {
+            let _ = fs::remove_dir(stat);
+        }
+        match self {
+            Self::None => write_atomically(stat, &proc_stat(busy, idle)),
+            Self::Vanished => {
+                let _ = fs::remove_file(stat);
+            }
+            Self::Unreadable => {
+                if !stat.is_dir() {
+                    let _ = fs::remove_file(stat);
+                    let _ = fs::create_dir(stat);
+                }
+            }
+            Self::Garbage => write_atomically(stat, "cpu  garbage\n"),
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! stop-requested and exit 0 once every file is finalized; SIGINT stops it at
 //! once. One JSON result goes to stdout, progress to stderr.
 //!
-//! Modules, one job each: `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
+//! Modules, one job each: `branches` (which sinks finished, which an error
+//! cut off), `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
 //! their settings), `pipeline` (parsing the description), `signals` (signals
 //! on the main loop), `supervise` (the run and its state flow), `report` (the
 //! JSON result), `progress` (stderr lines), `exit` (exit codes), `multi`
@@ -12,6 +13,7 @@
 //! (what `--metrics-addr` and `--timeline` are fed), `metrics` (Prometheus),
 //! `timeline` (the SVG plot), `log` (the `cpuguard` GStreamer debug category).
 
+mod branches;
 mod cli;
 mod drain;
 mod exit;

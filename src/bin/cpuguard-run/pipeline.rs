@@ -1,5 +1,7 @@
 //! Building the pipeline from the command line, exactly as gst-launch-1.0 does.
 
+use std::sync::{Arc, Mutex};
+
 use gst::prelude::*;
 
 /// Parses the pipeline arguments with `gst_parse_launchv`, which is what
@@ -41,12 +43,17 @@ pub fn build(args: &[String]) -> Result<(gst::Pipeline, String), String> {
     }
 }
 
-/// Runs one parse attempt; the error names missing elements when there are any.
+/// Runs one parse attempt; the error names missing elements when there are
+/// any, or the property values GObject refused.
 fn parse(
     launch: impl FnOnce(&mut gst::ParseContext) -> Result<gst::Element, glib::Error>,
 ) -> Result<gst::Element, String> {
     let mut context = gst::ParseContext::new();
-    launch(&mut context).map_err(|err| {
+    let (parsed, refused) = refused_properties(|| launch(&mut context));
+    if let (Ok(_), Some(first)) = (&parsed, refused.first()) {
+        return Err(first.clone());
+    }
+    parsed.map_err(|err| {
         let message = err.message();
         let unnamed: Vec<String> = context
             .missing_elements()
@@ -59,6 +66,33 @@ fn parse(
             format!("{message} (missing elements: {})", unnamed.join(", "))
         }
     })
+}
+
+/// Runs `f`, collecting the GObject warnings it causes. The parser sets each
+/// property with `g_object_set_property`, which refuses a value out of the
+/// property's range (or a read-only property) with a warning only and keeps
+/// the old value: `cpuguard soft-threshold=1.5` would run with 0.85.
+fn refused_properties<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let refused = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = refused.clone();
+    let handler = glib::log_set_handler(
+        Some("GLib-GObject"),
+        glib::LogLevels::LEVEL_WARNING | glib::LogLevels::LEVEL_CRITICAL,
+        false,
+        false,
+        move |_, _, message| {
+            let message = message
+                .strip_prefix("g_object_new_is_valid_property: ")
+                .unwrap_or(message);
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(message.to_owned());
+        },
+    );
+    let result = f();
+    glib::log_remove_handler(Some("GLib-GObject"), handler);
+    let refused = std::mem::take(&mut *refused.lock().unwrap_or_else(|p| p.into_inner()));
+    (result, refused)
 }
 
 /// The description as GStreamer reads it: arguments escaped as

@@ -12,6 +12,8 @@
 //! - A drain not done within the drain timeout, or cpuguard's own
 //!   drain-timeout ERROR: pipeline to NULL; FAILED, reason drain-timeout.
 //! - Any other ERROR: FAILED, reason error. EOS without a drain: COMPLETE, eos.
+//!   An ERROR during a drain first lets the branches it did not cut off finish
+//!   (their sinks get EOS, their files are finalized), within the drain timeout.
 //!
 //! Whatever ends the run first wins; later events are ignored. Before giving
 //! up on a drain (timer) or interrupting it (SIGINT), the messages already on
@@ -28,6 +30,7 @@ use gst::prelude::*;
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::Signal;
 
+use crate::branches::SinkWatch;
 use crate::drain::Drain;
 use crate::exit;
 use crate::guard;
@@ -43,6 +46,19 @@ use crate::signals::Router;
 /// emitted anyway and the process exits (an element that ignores unlock must
 /// not keep a container from stopping).
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the other branches are checked after an error during a drain.
+const BRANCH_POLL: Duration = Duration::from_millis(20);
+
+type ErrorDetails = (String, Option<String>, Option<String>);
+
+/// An ERROR that came in the middle of a drain: the run will fail with it,
+/// once the branches it did not reach have finished.
+struct ErrorInDrain {
+    error: ErrorDetails,
+    /// Elements that posted an error; their downstream sinks are not waited for.
+    failed: Vec<gst::Element>,
+    poll: Option<glib::SourceId>,
+}
 
 pub struct Setup {
     pub pipeline: gst::Pipeline,
@@ -94,12 +110,15 @@ struct Supervisor {
     last_load: Option<f64>,
     load_source: Option<String>,
     capacity: Option<f64>,
+    sinks: SinkWatch,
+    error_in_drain: Option<ErrorInDrain>,
 }
 
 /// Runs the pipeline until it ends; emits the result through `output` and
 /// returns the exit code.
 pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
     let main_loop = glib::MainLoop::new(None, false);
+    let sinks = SinkWatch::install(&setup.pipeline);
     let supervisor = Rc::new_cyclic(|me| {
         RefCell::new(Supervisor {
             pipeline: setup.pipeline,
@@ -124,6 +143,8 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             last_load: None,
             load_source: None,
             capacity: None,
+            sinks,
+            error_in_drain: None,
         })
     });
 
@@ -267,6 +288,9 @@ impl Supervisor {
                         reasons::DRAIN_TIMEOUT_TEXT,
                         Some((text, source, debug)),
                     );
+                } else if self.state == State::Ending {
+                    let failed = src.and_then(|s| s.downcast_ref::<gst::Element>()).cloned();
+                    self.on_error_in_drain((text, source, debug), failed);
                 } else {
                     progress!(
                         "error from {}: {text}",
@@ -397,7 +421,86 @@ impl Supervisor {
         }
     }
 
+    /// An ERROR while draining: remembered, and the run fails with it as soon
+    /// as every sink it did not cut off has EOS (or at the drain timeout).
+    fn on_error_in_drain(&mut self, error: ErrorDetails, failed: Option<gst::Element>) {
+        let source = error.1.clone().unwrap_or_else(|| "the pipeline".to_owned());
+        let pending = self.error_in_drain.get_or_insert_with(|| {
+            progress!("error from {source} during the drain: {}", error.0);
+            ErrorInDrain {
+                error,
+                failed: Vec::new(),
+                poll: None,
+            }
+        });
+        // Unknown source: assume everything is cut off.
+        pending
+            .failed
+            .push(failed.unwrap_or_else(|| self.pipeline.clone().upcast()));
+        let polling = self
+            .error_in_drain
+            .as_ref()
+            .is_some_and(|p| p.poll.is_some());
+        if !self.finish_if_branches_done() && !polling {
+            let me = self.me.clone();
+            let poll = glib::timeout_add_local(BRANCH_POLL, move || {
+                let Some(supervisor) = me.upgrade() else {
+                    return glib::ControlFlow::Break;
+                };
+                let mut s = supervisor.borrow_mut();
+                if s.finish_if_branches_done() {
+                    glib::ControlFlow::Break
+                } else {
+                    glib::ControlFlow::Continue
+                }
+            });
+            if let Some(pending) = self.error_in_drain.as_mut() {
+                pending.poll = Some(poll);
+            }
+        }
+    }
+
+    /// Fails the run with the error from the drain once no branch is left
+    /// finishing; true when the run has ended.
+    fn finish_if_branches_done(&mut self) -> bool {
+        if self.outcome.is_some() {
+            return true;
+        }
+        let Some(pending) = self.error_in_drain.as_ref() else {
+            return false;
+        };
+        let waiting = self.sinks.still_finishing(&pending.failed);
+        if !waiting.is_empty() {
+            return false;
+        }
+        progress!("the branches the error did not reach have finished");
+        self.fail_with_drain_error(None);
+        true
+    }
+
+    fn fail_with_drain_error(&mut self, note: Option<&str>) {
+        let Some(mut pending) = self.error_in_drain.take() else {
+            return;
+        };
+        if let Some(poll) = pending.poll.take() {
+            poll.remove();
+        }
+        if let Some(note) = note {
+            pending.error.0 = format!("{}; {note}", pending.error.0);
+        }
+        self.finish(
+            State::Failed,
+            reasons::ERROR,
+            reasons::ERROR_TEXT,
+            Some(pending.error),
+        );
+    }
+
     fn on_eos(&mut self) {
+        if self.error_in_drain.is_some() {
+            self.fail_with_drain_error(None);
+            return;
+        }
         match self.drain.as_mut() {
             Some(drain) if drain.natural_end => {
                 drain.completed = true;
@@ -606,6 +709,17 @@ impl Supervisor {
             .as_ref()
             .map_or_else(|| "unknown".to_owned(), |d| d.reason.clone());
         let text = format!("Drain ({reason}) did not complete within the drain timeout ({ms} ms)");
+        if self.error_in_drain.is_some() {
+            let waiting = self
+                .error_in_drain
+                .as_ref()
+                .map(|p| self.sinks.still_finishing(&p.failed).join(", "))
+                .unwrap_or_default();
+            progress!("{text}: stopping the pipeline (still finishing: {waiting})");
+            let note = format!("{waiting} did not finish within the drain timeout ({ms} ms)");
+            self.fail_with_drain_error(Some(&note));
+            return;
+        }
         progress!("{text}: stopping the pipeline");
         self.finish(
             State::Failed,
@@ -629,6 +743,9 @@ impl Supervisor {
         }
         if let Some(timer) = self.timer.take() {
             timer.remove();
+        }
+        if let Some(poll) = self.error_in_drain.as_mut().and_then(|p| p.poll.take()) {
+            poll.remove();
         }
         let exit_code = match (status, reason) {
             (State::Complete, _) => exit::COMPLETE,

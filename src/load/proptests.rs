@@ -1,0 +1,528 @@
+//! Bad input for every load-file parser: arbitrary text, mutated copies of
+//! real files (proptest), and the committed corpus of malformed files in
+//! `tests/fixtures/malformed/<parser>/`. Each parser must return sane values
+//! or an error that says what is wrong, and never panic; a meter reading a
+//! malformed file must give a warning naming it, never a load.
+//!
+//! Failing cases found by proptest are kept in `proptest-regressions/` and
+//! replayed first on every run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::capacity::{count_cpu_list, count_stat_cpus, parse_affinity};
+use super::cgroup::{
+    Level, parse_cfs_period, parse_cfs_quota, parse_cpu_max, parse_u64, parse_usage_usec,
+};
+use super::mountinfo::{parse_cgroup_mounts, parse_proc_cgroup};
+use super::proc_stat::parse_cpu_times;
+use super::process::parse_cpu_ticks;
+use super::psi::parse_some_total;
+use super::{HostPaths, LoadMeter, LoadSourceKind};
+
+const PID: i32 = 4242;
+
+/// One parser, a real file it accepts, and the check of what it returns.
+struct Parser {
+    /// Also the corpus directory name.
+    name: &'static str,
+    valid: &'static str,
+    /// `Err` is the parser's own error; sanity violations panic (fail the test).
+    check: fn(&str) -> Result<(), String>,
+    /// Where a meter reads this file: fixture host, file under it, source.
+    target: (&'static str, &'static str, LoadSourceKind),
+}
+
+macro_rules! host_file {
+    ($host:literal, $rel:literal) => {
+        include_str!(concat!("../../tests/fixtures/hosts/", $host, "/", $rel))
+    };
+}
+
+const PARSERS: &[Parser] = &[
+    Parser {
+        name: "proc-stat",
+        valid: host_file!("v2", "proc/stat"),
+        check: |t| parse_cpu_times(t).map(drop),
+        target: ("v2", "proc/stat", LoadSourceKind::System),
+    },
+    Parser {
+        name: "proc-stat-cpus",
+        valid: host_file!("no-cgroup", "proc/stat"),
+        check: |t| count_stat_cpus(t).map(assert_cpu_count),
+        target: ("no-cgroup", "proc/stat", LoadSourceKind::System),
+    },
+    Parser {
+        name: "pid-stat",
+        valid: host_file!("v2", "proc/4242/stat"),
+        check: |t| parse_cpu_ticks(t).map(drop),
+        target: ("v2", "proc/4242/stat", LoadSourceKind::Process),
+    },
+    Parser {
+        name: "status",
+        valid: host_file!("v2", "proc/4242/status"),
+        check: |t| parse_affinity(t).map(assert_cpu_count),
+        target: ("v2", "proc/4242/status", LoadSourceKind::Process),
+    },
+    Parser {
+        name: "online",
+        valid: host_file!("v2", "sys/devices/system/cpu/online"),
+        check: |t| count_cpu_list(t.trim()).map(assert_cpu_count),
+        target: (
+            "v2",
+            "sys/devices/system/cpu/online",
+            LoadSourceKind::System,
+        ),
+    },
+    Parser {
+        name: "cfs-quota",
+        valid: host_file!("v1-split", "sys/fs/cgroup/cpu/job/cpu.cfs_quota_us"),
+        check: |t| {
+            parse_cfs_quota(t).map(|quota| {
+                assert!(quota.is_none_or(|q| q >= 1000), "quota {quota:?} µs");
+            })
+        },
+        target: (
+            "v1-split",
+            "sys/fs/cgroup/cpu/job/cpu.cfs_quota_us",
+            LoadSourceKind::Cgroup,
+        ),
+    },
+    Parser {
+        name: "cfs-period",
+        valid: host_file!("v1-split", "sys/fs/cgroup/cpu/job/cpu.cfs_period_us"),
+        check: |t| {
+            parse_cfs_period(t).map(|period| {
+                assert!((1000..=1_000_000).contains(&period), "period {period} µs");
+            })
+        },
+        target: (
+            "v1-split",
+            "sys/fs/cgroup/cpu/job/cpu.cfs_period_us",
+            LoadSourceKind::Cgroup,
+        ),
+    },
+    Parser {
+        name: "cpuacct-usage",
+        valid: host_file!("v1-split", "sys/fs/cgroup/cpuacct/job/cpuacct.usage"),
+        check: |t| parse_u64(t.trim()).map(drop),
+        target: (
+            "v1-split",
+            "sys/fs/cgroup/cpuacct/job/cpuacct.usage",
+            LoadSourceKind::Cgroup,
+        ),
+    },
+    Parser {
+        name: "cpu-max",
+        valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.max"),
+        check: |t| {
+            parse_cpu_max(t).map(|level| {
+                if let Level::Cpus(cpus) = level {
+                    assert_quota_cpus(cpus);
+                }
+            })
+        },
+        target: (
+            "v2",
+            "sys/fs/cgroup/system.slice/app.service/cpu.max",
+            LoadSourceKind::Cgroup,
+        ),
+    },
+    Parser {
+        name: "cpu-stat",
+        valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.stat"),
+        check: |t| parse_usage_usec(t).map(drop),
+        target: (
+            "v2",
+            "sys/fs/cgroup/system.slice/app.service/cpu.stat",
+            LoadSourceKind::Cgroup,
+        ),
+    },
+    Parser {
+        name: "psi",
+        valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.pressure"),
+        check: |t| parse_some_total(t).map(drop),
+        target: (
+            "v2",
+            "sys/fs/cgroup/system.slice/app.service/cpu.pressure",
+            LoadSourceKind::Psi,
+        ),
+    },
+    Parser {
+        name: "mountinfo",
+        valid: host_file!("v2", "proc/4242/mountinfo"),
+        check: |t| {
+            parse_cgroup_mounts(t).map(|mounts| {
+                for m in mounts {
+                    assert!(!m.mount_point.as_os_str().is_empty(), "{m:?}");
+                }
+            })
+        },
+        target: ("v2", "proc/4242/mountinfo", LoadSourceKind::Cgroup),
+    },
+    Parser {
+        name: "proc-cgroup",
+        valid: host_file!("v1-split", "proc/4242/cgroup"),
+        check: |t| {
+            parse_proc_cgroup(t).map(|memberships| {
+                for m in memberships {
+                    assert!(!m.path.contains('\n'), "{m:?}");
+                }
+            })
+        },
+        target: ("v1-split", "proc/4242/cgroup", LoadSourceKind::Cgroup),
+    },
+];
+
+impl Parser {
+    /// cgroup membership and mounts are read once, when the meter starts.
+    fn read_at_start_only(&self) -> bool {
+        matches!(self.name, "mountinfo" | "proc-cgroup")
+    }
+}
+
+fn assert_cpu_count(n: u32) {
+    assert!((1..=super::capacity::MAX_CPUS).contains(&n), "{n} CPUs");
+}
+
+/// The kernel bounds quota (≥ 1 ms) and period (1 ms to 1 s): anything
+/// parsed must fall between those extremes, or capacity (and so load) is absurd.
+fn assert_quota_cpus(cpus: f64) {
+    assert!(
+        cpus.is_finite() && (0.001..=1e11).contains(&cpus),
+        "{cpus} CPUs"
+    );
+}
+
+/// Runs `text` through `parser`: sane value or a non-empty error.
+fn run(parser: &Parser, text: &str) -> Result<(), String> {
+    let result = (parser.check)(text);
+    if let Err(detail) = &result {
+        assert!(!detail.trim().is_empty(), "{}: empty error", parser.name);
+    }
+    result
+}
+
+// ------------------------------------------------------------- mutations
+
+/// An edit of a real file, as a torn write, a kernel change or a bad
+/// fixture would make it.
+#[derive(Clone, Debug)]
+enum Edit {
+    Truncate(usize),
+    Insert(usize, String),
+    Delete(usize, usize),
+    /// Replaces the n-th whitespace-separated token.
+    ReplaceToken(usize, String),
+    DuplicateLine(usize),
+    DropLine(usize),
+}
+
+fn token() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "",
+            "0",
+            "1",
+            "-1",
+            "-0",
+            "999",
+            "1000",
+            "1000000",
+            "1000001",
+            "4294967295",
+            "4294967296",
+            "18446744073709551615",
+            "18446744073709551616",
+            "1e9",
+            "0.5",
+            "nan",
+            "inf",
+            "-inf",
+            "max",
+            "total=",
+            "total=-1",
+            "some",
+            "full",
+            "cpu",
+            "cpu0",
+            "usage_usec",
+            "Cpus_allowed_list:",
+            "-",
+            ")",
+            "(",
+            ":",
+            "::",
+            ",",
+            "0-",
+            "-0",
+            "3-1",
+            "\\",
+            "\\040",
+            "\n",
+            " ",
+            "\t",
+            "\r\n",
+            "\u{0}",
+            "é",
+            "\u{feff}",
+        ])
+        .prop_map(str::to_owned),
+        "\\PC{0,12}",
+        any::<String>(),
+    ]
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        any::<usize>().prop_map(Edit::Truncate),
+        (any::<usize>(), token()).prop_map(|(at, t)| Edit::Insert(at, t)),
+        (any::<usize>(), 0usize..16).prop_map(|(at, n)| Edit::Delete(at, n)),
+        (any::<usize>(), token()).prop_map(|(n, t)| Edit::ReplaceToken(n, t)),
+        any::<usize>().prop_map(Edit::DuplicateLine),
+        any::<usize>().prop_map(Edit::DropLine),
+    ]
+}
+
+/// The char boundary at or before `at % (len + 1)`.
+fn boundary(text: &str, at: usize) -> usize {
+    let mut at = at % (text.len() + 1);
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+fn apply(text: &str, edits: &[Edit]) -> String {
+    let mut text = text.to_owned();
+    for edit in edits {
+        match edit {
+            Edit::Truncate(at) => text.truncate(boundary(&text, *at)),
+            Edit::Insert(at, what) => text.insert_str(boundary(&text, *at), what),
+            Edit::Delete(at, n) => {
+                let start = boundary(&text, *at);
+                let end = boundary(&text, start.saturating_add(*n).min(text.len()));
+                text.replace_range(start..end.max(start), "");
+            }
+            Edit::ReplaceToken(n, what) => {
+                let spans: Vec<(usize, usize)> = token_spans(&text);
+                if let Some(&(start, end)) = spans.get(n % spans.len().max(1)) {
+                    text.replace_range(start..end, what);
+                }
+            }
+            Edit::DuplicateLine(n) | Edit::DropLine(n) => {
+                let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+                if lines.is_empty() {
+                    continue;
+                }
+                let i = n % lines.len();
+                if matches!(edit, Edit::DuplicateLine(_)) {
+                    lines.insert(i, lines[i]);
+                } else {
+                    lines.remove(i);
+                }
+                text = lines.concat();
+            }
+        }
+    }
+    text
+}
+
+fn token_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, c) in text.char_indices() {
+        match (c.is_whitespace(), start) {
+            (false, None) => start = Some(i),
+            (true, Some(s)) => {
+                spans.push((s, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        spans.push((s, text.len()));
+    }
+    spans
+}
+
+// ------------------------------------------------------------- meters
+
+fn fixture(host: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/hosts")
+        .join(host)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// What a meter made of a host whose `target` file holds `content`: the
+/// start-up error, or every sample's result.
+fn meter_with(parser: &Parser, content: &[u8], write_after_start: bool) -> MeterOutcome {
+    let (host, rel, kind) = parser.target;
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&fixture(host), dir.path());
+    let file = dir.path().join(rel);
+    let paths = HostPaths::under(dir.path());
+    let t0 = Instant::now();
+    if !write_after_start {
+        fs::write(&file, content).unwrap();
+    }
+    let mut meter = match LoadMeter::new_at(kind, &paths, PID, t0) {
+        Ok(meter) => meter,
+        Err(err) => return MeterOutcome::StartFailed(err.to_string()),
+    };
+    if write_after_start {
+        fs::write(&file, content).unwrap();
+    }
+    let samples = (1..=3)
+        .map(|s| {
+            let result = meter.sample(t0 + Duration::from_secs(s));
+            if let Ok(sample) = &result {
+                assert!(
+                    sample.load.is_finite() && sample.load >= 0.0,
+                    "{}: {sample:?}",
+                    parser.name
+                );
+                assert!(
+                    sample.capacity.is_finite() && sample.capacity > 0.0,
+                    "{}: {sample:?}",
+                    parser.name
+                );
+            }
+            result.map_err(|e| e.to_string())
+        })
+        .collect();
+    MeterOutcome::Sampled(samples)
+}
+
+#[derive(Debug)]
+enum MeterOutcome {
+    StartFailed(String),
+    Sampled(Vec<Result<super::LoadSample, String>>),
+}
+
+const CASES: u32 = 512;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn arbitrary_text_through_every_parser(text in any::<String>()) {
+        for parser in PARSERS {
+            let _ = run(parser, &text);
+        }
+    }
+
+    #[test]
+    fn mutated_real_files_through_every_parser(
+        index in 0..PARSERS.len(),
+        edits in prop::collection::vec(edit(), 1..6),
+    ) {
+        let text = apply(PARSERS[index].valid, &edits);
+        for parser in PARSERS {
+            let _ = run(parser, &text);
+        }
+    }
+}
+
+proptest! {
+    // Each case copies a fixture host: fewer cases, still hundreds of files.
+    #![proptest_config(ProptestConfig::with_cases(CASES / 4))]
+
+    #[test]
+    fn meters_reading_mutated_files_never_panic_or_read_nonsense(
+        index in 0..PARSERS.len(),
+        edits in prop::collection::vec(edit(), 1..6),
+        after_start in any::<bool>(),
+    ) {
+        let text = apply(PARSERS[index].valid, &edits);
+        let _ = meter_with(&PARSERS[index], text.as_bytes(), after_start);
+    }
+}
+
+// ------------------------------------------------------------- corpus
+
+fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/malformed")
+}
+
+/// Every corpus file through every parser; each is rejected by its own
+/// parser with a clear error, and a meter reading it warns, naming the file,
+/// and never reports a load from it.
+#[test]
+fn malformed_corpus_is_rejected_clearly() {
+    let mut files = 0;
+    let mut runs = 0;
+    for parser in PARSERS {
+        let dir = corpus_dir().join(parser.name);
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        assert!(!entries.is_empty(), "no corpus in {}", dir.display());
+        for path in entries {
+            let bytes = fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            files += 1;
+            for other in PARSERS {
+                let _ = run(other, &text);
+                runs += 1;
+            }
+            let err = run(parser, &text).expect_err(&format!(
+                "{} accepted {}",
+                parser.name,
+                path.display()
+            ));
+            let (_, rel, _) = parser.target;
+            let when: &[bool] = if parser.read_at_start_only() {
+                &[false]
+            } else {
+                &[false, true]
+            };
+            for &after_start in when {
+                match meter_with(parser, &bytes, after_start) {
+                    MeterOutcome::StartFailed(message) => {
+                        assert!(message.contains(rel), "{}: {message}", path.display());
+                    }
+                    MeterOutcome::Sampled(samples) => {
+                        assert!(
+                            after_start,
+                            "{}: a meter started on it ({err})",
+                            path.display()
+                        );
+                        let first = samples[0]
+                            .as_ref()
+                            .expect_err(&format!("{}: a load was read from it", path.display()));
+                        assert!(first.contains(rel), "{}: {first}", path.display());
+                        assert!(
+                            samples.iter().all(Result::is_err),
+                            "{}: {samples:?}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "malformed corpus: {files} files, {runs} parser runs, {} parsers, 0 panics",
+        PARSERS.len()
+    );
+}
