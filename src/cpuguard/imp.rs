@@ -467,7 +467,11 @@ impl ObjectImpl for CpuGuard {
             vec![
                 glib::ParamSpecDouble::builder("soft-threshold")
                     .nick("Soft threshold")
-                    .blurb("Load (0-1 of capacity) that, held for `hold` samples, drains the pipeline")
+                    .blurb(
+                        "Load (0-1, share of capacity) that, held for `hold` consecutive samples, \
+                         drains the pipeline with reason cpu-limit (trigger soft); must not be \
+                         above hard-threshold",
+                    )
                     .minimum(0.0)
                     .maximum(1.0)
                     .default_value(DEFAULT_SOFT)
@@ -475,7 +479,10 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecDouble::builder("hard-threshold")
                     .nick("Hard threshold")
-                    .blurb("Load (0-1 of capacity) that drains the pipeline at once, without hold")
+                    .blurb(
+                        "Load (0-1, share of capacity) that drains the pipeline at the first \
+                         sample reaching it, without waiting for hold (trigger hard)",
+                    )
                     .minimum(0.0)
                     .maximum(1.0)
                     .default_value(DEFAULT_HARD)
@@ -483,7 +490,10 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecUInt::builder("hold")
                     .nick("Hold")
-                    .blurb("Consecutive samples at or above soft-threshold before draining")
+                    .blurb(
+                        "Consecutive samples (1-100000) at or above soft-threshold before \
+                         draining; the time held is hold x interval",
+                    )
                     .minimum(1)
                     .maximum(100_000)
                     .default_value(DEFAULT_HOLD)
@@ -492,8 +502,8 @@ impl ObjectImpl for CpuGuard {
                 glib::ParamSpecUInt::builder("release")
                     .nick("Release")
                     .blurb(
-                        "Consecutive samples below soft-threshold before the above-soft count \
-                         resets (hysteresis; LiveKit Egress uses 5)",
+                        "Consecutive samples (1-100000) below soft-threshold before the above-soft \
+                         count resets (hysteresis: 1 = any low sample resets; LiveKit Egress uses 5)",
                     )
                     .minimum(1)
                     .maximum(100_000)
@@ -502,7 +512,10 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecUInt::builder("interval")
                     .nick("Interval")
-                    .blurb("Sampling period in milliseconds")
+                    .blurb(
+                        "Sampling period in milliseconds (10 ms to 1 h); each sample is the \
+                         load over the last period",
+                    )
                     .minimum(MIN_INTERVAL_MS)
                     .maximum(3_600_000)
                     .default_value(DEFAULT_INTERVAL_MS)
@@ -510,13 +523,18 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("load-source", LoadSource::default())
                     .nick("Load source")
-                    .blurb("Where CPU load is measured")
+                    .blurb(
+                        "Where CPU load is measured: auto (cgroup when the process has a CPU \
+                         quota, else system), process, cgroup, system or psi",
+                    )
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("drain-timeout")
                     .nick("Drain timeout")
                     .blurb(
-                        "Milliseconds a drain may take before an ERROR is posted (0 = wait forever)",
+                        "Milliseconds a drain may take before the element posts an ERROR \
+                         (stream error \"Drain did not complete within drain-timeout\"); \
+                         0 = wait forever",
                     )
                     .minimum(0)
                     .maximum(u32::MAX)
@@ -526,15 +544,18 @@ impl ObjectImpl for CpuGuard {
                 glib::ParamSpecBoolean::builder("dry-run")
                     .nick("Dry run")
                     .blurb(
-                        "Measure and report (cpuguard-would-drain messages) but never drain on load; \
-                         the drain action still works",
+                        "Measure and report (a cpuguard-would-drain message where a drain would \
+                         start) but never drain on load; the drain action still drains",
                     )
                     .default_value(false)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecDouble::builder("load")
                     .nick("Load")
-                    .blurb("Last load sample (share of capacity; can exceed 1 when saturated)")
+                    .blurb(
+                        "Last load sample, as a share of capacity (0 before the first sample; \
+                         can exceed 1 when saturated)",
+                    )
                     .minimum(0.0)
                     .maximum(f64::MAX)
                     .default_value(0.0)
@@ -542,7 +563,11 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecString::builder("root")
                     .nick("Root")
-                    .blurb("Directory under which /proc and /sys are read (host mounts, test fixtures)")
+                    .blurb(
+                        "Directory under which /proc and /sys are read (a host mount in a \
+                         container, test fixtures); the element's own thread CPU always comes \
+                         from this process's /proc",
+                    )
                     .default_value(Some(DEFAULT_ROOT))
                     .mutable_ready()
                     .build(),
@@ -635,20 +660,28 @@ impl ElementImpl for CpuGuard {
             gst::subclass::ElementMetadata::new(
                 "CPU guard",
                 "Generic",
-                "Pass-through that watches CPU load (process, cgroup, system or PSI) and, when it \
-                 stays above soft-threshold for hold samples or reaches hard-threshold, drains the \
-                 whole pipeline with EOS so muxers finalize their files. A sample below \
-                 soft-threshold resets the count only after release such samples in a row. All \
-                 cpuguard elements of a process with the same load-source, root and interval share \
-                 one sampling thread; those that also share thresholds, hold, release and dry-run \
-                 drain one at a time, the one whose streaming threads use the most CPU first, the \
-                 next only after that drain finished and load is still high. The end reason \
-                 travels in a cpuguard-drain element message (reason, description, load, \
-                 threshold, trigger, source, cpu), a cpuguard-end-reason tag pushed before EOS and \
-                 posted on the bus, and a reason field on the EOS event. A cpuguard-load element \
-                 message (load, source, capacity, cpu) is posted at every sample. Action signal \
-                 drain(reason) drains on request. If the drain does not complete within \
-                 drain-timeout, an ERROR is posted.",
+                "Pass-through that watches CPU load and, when it stays at or above \
+                 soft-threshold for hold samples or reaches hard-threshold, drains the whole \
+                 pipeline with EOS so every muxer finalizes its file. All cpuguard elements of a \
+                 process with the same load-source, root and interval share one sampling thread; \
+                 those with the same policy drain one at a time, the one whose streaming threads \
+                 use the most CPU first. \
+                 Element messages: \
+                 cpuguard-load at every sample (load: double, share of capacity; source: string; \
+                 capacity: double, CPUs; cpu: double, CPUs used by this element's streaming \
+                 threads); \
+                 cpuguard-drain when a drain starts (reason: string, cpu-limit, stop-requested or \
+                 the application's own; description: string, e.g. \"CPU limit reached\"; load, \
+                 threshold: double; trigger: string, soft, hard or request; source: string; cpu: \
+                 double); \
+                 cpuguard-would-drain with the same fields when dry-run is set and a drain would \
+                 start. \
+                 End reason: the cpuguard-end-reason tag (string) is posted on the bus and pushed \
+                 downstream before EOS, and the EOS event carries a reason field. \
+                 Action signal: drain(reason: string) -> boolean, drains with that reason, \
+                 returns whether a drain started (an element drains at most once). \
+                 A drain not completed within drain-timeout posts an ERROR. \
+                 Debug category: cpuguard.",
                 "cpuguard developers",
             )
         });
