@@ -96,6 +96,7 @@ struct Drain {
     reason: EndReason,
     /// Where completion is checked; `None` when the element has no parent bin.
     top: Option<gst::Element>,
+    started: Instant,
     deadline: Option<Instant>,
     timeout_ms: u32,
     completed: bool,
@@ -189,7 +190,13 @@ impl CpuGuard {
             None => drain.eos_forwarded,
         };
         if drain.completed {
-            gst::info!(CAT, imp = self, "Drain ({}) completed", drain.reason);
+            gst::info!(
+                CAT,
+                imp = self,
+                "Drain ({}) completed in {} ms",
+                drain.reason,
+                drain.started.elapsed().as_millis()
+            );
             return None;
         }
         let deadline = drain.deadline?;
@@ -298,7 +305,7 @@ impl CpuGuard {
             self.post_drain_message("cpuguard-would-drain", &notice);
             return true;
         }
-        gst::warning!(
+        gst::info!(
             CAT,
             imp = self,
             "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, the most of its group)",
@@ -355,6 +362,7 @@ impl CpuGuard {
             state.drain = Some(Drain {
                 reason: notice.reason.clone(),
                 top: top.clone(),
+                started: Instant::now(),
                 deadline: settings.drain_timeout().map(|t| Instant::now() + t),
                 timeout_ms: settings.drain_timeout_ms,
                 completed: false,
@@ -431,16 +439,22 @@ impl CpuGuard {
     /// The EOS that leaves this element: tag first so it reaches the sink before
     /// the stream ends, then EOS carrying the reason.
     fn forward_tagged_eos(&self, seqnum: Option<gst::Seqnum>) -> bool {
-        let reason = {
+        let (reason, started) = {
             let mut state = lock(&self.state);
             match state.drain.as_mut() {
                 Some(drain) if !drain.eos_forwarded => {
                     drain.eos_forwarded = true;
-                    drain.reason.clone()
+                    (drain.reason.clone(), drain.started)
                 }
                 _ => return false,
             }
         };
+        gst::info!(
+            CAT,
+            imp = self,
+            "Drain ({reason}): end reason tag and EOS sent downstream {} ms after the drain started",
+            started.elapsed().as_millis()
+        );
         let tags = crate::tags::end_reason_tags(reason.as_str());
         let src = self.obj().static_pad("src");
         let Some(src) = src else { return false };
