@@ -100,6 +100,7 @@ struct Drain {
     reason: EndReason,
     /// Where completion is checked; `None` when the element has no parent bin.
     top: Option<gst::Element>,
+    started: Instant,
     deadline: Option<Instant>,
     timeout_ms: u32,
     completed: bool,
@@ -193,7 +194,13 @@ impl CpuGuard {
             None => drain.eos_forwarded,
         };
         if drain.completed {
-            gst::info!(CAT, imp = self, "Drain ({}) completed", drain.reason);
+            gst::info!(
+                CAT,
+                imp = self,
+                "Drain ({}) completed in {} ms",
+                drain.reason,
+                drain.started.elapsed().as_millis()
+            );
             return None;
         }
         let deadline = drain.deadline?;
@@ -304,7 +311,7 @@ impl CpuGuard {
             self.post_drain_message("cpuguard-would-drain", &notice);
             return true;
         }
-        gst::warning!(
+        gst::info!(
             CAT,
             imp = self,
             "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, the most of its group)",
@@ -370,6 +377,7 @@ impl CpuGuard {
             state.drain = Some(Drain {
                 reason: notice.reason.clone(),
                 top: top.clone(),
+                started: Instant::now(),
                 deadline: settings.drain_timeout().map(|t| Instant::now() + t),
                 timeout_ms: settings.drain_timeout_ms,
                 completed: false,
@@ -452,16 +460,22 @@ impl CpuGuard {
     /// The EOS that leaves this element: tag first so it reaches the sink before
     /// the stream ends, then EOS carrying the reason.
     fn forward_tagged_eos(&self, seqnum: Option<gst::Seqnum>) -> bool {
-        let reason = {
+        let (reason, started) = {
             let mut state = lock(&self.state);
             match state.drain.as_mut() {
                 Some(drain) if !drain.eos_forwarded => {
                     drain.eos_forwarded = true;
-                    drain.reason.clone()
+                    (drain.reason.clone(), drain.started)
                 }
                 _ => return false,
             }
         };
+        gst::info!(
+            CAT,
+            imp = self,
+            "Drain ({reason}): end reason tag and EOS sent downstream {} ms after the drain started",
+            started.elapsed().as_millis()
+        );
         let tags = crate::tags::end_reason_tags(reason.as_str());
         let src = self.obj().static_pad("src");
         let Some(src) = src else { return false };
@@ -488,7 +502,11 @@ impl ObjectImpl for CpuGuard {
             vec![
                 glib::ParamSpecDouble::builder("soft-threshold")
                     .nick("Soft threshold")
-                    .blurb("Load (0-1 of capacity) that, held for `hold` samples, drains the pipeline")
+                    .blurb(
+                        "Load (0-1, share of capacity) that, held for `hold` consecutive samples, \
+                         drains the pipeline with reason cpu-limit (trigger soft); must not be \
+                         above hard-threshold",
+                    )
                     .minimum(0.0)
                     .maximum(1.0)
                     .default_value(DEFAULT_SOFT)
@@ -496,7 +514,10 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecDouble::builder("hard-threshold")
                     .nick("Hard threshold")
-                    .blurb("Load (0-1 of capacity) that drains the pipeline at once, without hold")
+                    .blurb(
+                        "Load (0-1, share of capacity) that drains the pipeline at the first \
+                         sample reaching it, without waiting for hold (trigger hard)",
+                    )
                     .minimum(0.0)
                     .maximum(1.0)
                     .default_value(DEFAULT_HARD)
@@ -504,7 +525,10 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecUInt::builder("hold")
                     .nick("Hold")
-                    .blurb("Consecutive samples at or above soft-threshold before draining")
+                    .blurb(
+                        "Consecutive samples (1-100000) at or above soft-threshold before \
+                         draining; the time held is hold x interval",
+                    )
                     .minimum(1)
                     .maximum(100_000)
                     .default_value(DEFAULT_HOLD)
@@ -513,8 +537,8 @@ impl ObjectImpl for CpuGuard {
                 glib::ParamSpecUInt::builder("release")
                     .nick("Release")
                     .blurb(
-                        "Consecutive samples below soft-threshold before the above-soft count \
-                         resets (hysteresis; LiveKit Egress uses 5)",
+                        "Consecutive samples (1-100000) below soft-threshold before the above-soft \
+                         count resets (hysteresis: 1 = any low sample resets; LiveKit Egress uses 5)",
                     )
                     .minimum(1)
                     .maximum(100_000)
@@ -523,7 +547,10 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecUInt::builder("interval")
                     .nick("Interval")
-                    .blurb("Sampling period in milliseconds")
+                    .blurb(
+                        "Sampling period in milliseconds (10 ms to 1 h); each sample is the \
+                         load over the last period",
+                    )
                     .minimum(MIN_INTERVAL_MS)
                     .maximum(3_600_000)
                     .default_value(DEFAULT_INTERVAL_MS)
@@ -531,13 +558,18 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("load-source", LoadSource::default())
                     .nick("Load source")
-                    .blurb("Where CPU load is measured")
+                    .blurb(
+                        "Where CPU load is measured: auto (cgroup when the process has a CPU \
+                         quota, else system), process, cgroup, system or psi",
+                    )
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("drain-timeout")
                     .nick("Drain timeout")
                     .blurb(
-                        "Milliseconds a drain may take before an ERROR is posted (0 = wait forever)",
+                        "Milliseconds a drain may take before the element posts an ERROR \
+                         (stream error \"Drain did not complete within drain-timeout\"); \
+                         0 = wait forever",
                     )
                     .minimum(0)
                     .maximum(u32::MAX)
@@ -547,15 +579,18 @@ impl ObjectImpl for CpuGuard {
                 glib::ParamSpecBoolean::builder("dry-run")
                     .nick("Dry run")
                     .blurb(
-                        "Measure and report (cpuguard-would-drain messages) but never drain on load; \
-                         the drain action still works",
+                        "Measure and report (a cpuguard-would-drain message where a drain would \
+                         start) but never drain on load; the drain action still drains",
                     )
                     .default_value(false)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecDouble::builder("load")
                     .nick("Load")
-                    .blurb("Last load sample (share of capacity; can exceed 1 when saturated)")
+                    .blurb(
+                        "Last load sample, as a share of capacity (0 before the first sample; \
+                         can exceed 1 when saturated)",
+                    )
                     .minimum(0.0)
                     .maximum(f64::MAX)
                     .default_value(0.0)
@@ -563,7 +598,11 @@ impl ObjectImpl for CpuGuard {
                     .build(),
                 glib::ParamSpecString::builder("root")
                     .nick("Root")
-                    .blurb("Directory under which /proc and /sys are read (host mounts, test fixtures)")
+                    .blurb(
+                        "Directory under which /proc and /sys are read (a host mount in a \
+                         container, test fixtures); the element's own thread CPU always comes \
+                         from this process's /proc",
+                    )
                     .default_value(Some(DEFAULT_ROOT))
                     .mutable_ready()
                     .build(),
@@ -671,20 +710,28 @@ impl ElementImpl for CpuGuard {
             gst::subclass::ElementMetadata::new(
                 "CPU guard",
                 "Generic",
-                "Pass-through that watches CPU load (process, cgroup, system or PSI) and, when it \
-                 stays above soft-threshold for hold samples or reaches hard-threshold, drains the \
-                 whole pipeline with EOS so muxers finalize their files. A sample below \
-                 soft-threshold resets the count only after release such samples in a row. All \
-                 cpuguard elements of a process with the same load-source, root and interval share \
-                 one sampling thread; those that also share thresholds, hold, release and dry-run \
-                 drain one at a time, the one whose streaming threads use the most CPU first, the \
-                 next only after that drain finished and load is still high. The end reason \
-                 travels in a cpuguard-drain element message (reason, description, load, \
-                 threshold, trigger, source, cpu), a cpuguard-end-reason tag pushed before EOS and \
-                 posted on the bus, and a reason field on the EOS event. A cpuguard-load element \
-                 message (load, source, capacity, cpu) is posted at every sample. Action signal \
-                 drain(reason) drains on request. If the drain does not complete within \
-                 drain-timeout, an ERROR is posted.",
+                "Pass-through that watches CPU load and, when it stays at or above \
+                 soft-threshold for hold samples or reaches hard-threshold, drains the whole \
+                 pipeline with EOS so every muxer finalizes its file. All cpuguard elements of a \
+                 process with the same load-source, root and interval share one sampling thread; \
+                 those with the same policy drain one at a time, the one whose streaming threads \
+                 use the most CPU first. \
+                 Element messages: \
+                 cpuguard-load at every sample (load: double, share of capacity; source: string; \
+                 capacity: double, CPUs; cpu: double, CPUs used by this element's streaming \
+                 threads); \
+                 cpuguard-drain when a drain starts (reason: string, cpu-limit, stop-requested or \
+                 the application's own; description: string, e.g. \"CPU limit reached\"; load, \
+                 threshold: double; trigger: string, soft, hard or request; source: string; cpu: \
+                 double); \
+                 cpuguard-would-drain with the same fields when dry-run is set and a drain would \
+                 start. \
+                 End reason: the cpuguard-end-reason tag (string) is posted on the bus and pushed \
+                 downstream before EOS, and the EOS event carries a reason field. \
+                 Action signal: drain(reason: string) -> boolean, drains with that reason, \
+                 returns whether a drain started (an element drains at most once). \
+                 A drain not completed within drain-timeout posts an ERROR. \
+                 Debug category: cpuguard.",
                 "cpuguard developers",
             )
         });

@@ -332,6 +332,27 @@ impl Group {
     }
 }
 
+/// The element's name for the log (its id if it is gone).
+fn name_of(members: &[Member], id: u64) -> String {
+    members
+        .iter()
+        .find(|m| m.id == id)
+        .and_then(|m| m.element.upgrade())
+        .map_or_else(|| format!("instance {id}"), |e| e.name().to_string())
+}
+
+/// "cpuguard0 0.50, cpuguard1 0.12 (ending)" for the victim-choice log line.
+fn describe(members: &[Member], candidates: &[Candidate<u64>]) -> String {
+    candidates
+        .iter()
+        .map(|c| {
+            let ending = if c.ending { " (ending)" } else { "" };
+            format!("{} {:.2}{ending}", name_of(members, c.id), c.cpu)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl GroupState {
     fn sample(
         &mut self,
@@ -351,6 +372,14 @@ impl GroupState {
         if std::mem::take(&mut self.failing) {
             gst::info!(super::imp::CAT, "Load readable again");
         }
+        gst::debug!(
+            super::imp::CAT,
+            "Sample: load {:.3} ({}, capacity {:.2} CPUs) for {} instances",
+            sample.load,
+            sample.source.as_str(),
+            sample.capacity,
+            self.members.len()
+        );
         let mut cpu = HashMap::new();
         for member in &mut self.members {
             if facts.contains_key(&member.id) {
@@ -384,6 +413,16 @@ impl GroupState {
             }
             match coordinator.observe(sample.load, &candidates) {
                 Decision::Drain(victim) => {
+                    gst::info!(
+                        super::imp::CAT,
+                        "Load {:.3} reached the {} threshold {}: choosing {}, the heaviest of \
+                         {} (CPUs of their streaming threads)",
+                        victim.load,
+                        victim.trigger,
+                        victim.threshold,
+                        name_of(&self.members, victim.id),
+                        describe(&self.members, &candidates)
+                    );
                     let dry_run = facts.get(&victim.id).is_some_and(|f| f.dry_run);
                     if dry_run {
                         // Nothing will drain: never let it block the next decision.
@@ -406,8 +445,9 @@ impl GroupState {
                 Decision::InFlight(id) => {
                     gst::debug!(
                         super::imp::CAT,
-                        "Load {:.3}: waiting for the drain of instance {id} to finish",
-                        sample.load
+                        "Load {:.3}: waiting for the drain of {} to finish",
+                        sample.load,
+                        name_of(&self.members, id)
                     );
                 }
                 Decision::NoCandidate => {
@@ -417,7 +457,13 @@ impl GroupState {
                         sample.load
                     );
                 }
-                Decision::Wait(_) => {}
+                Decision::Wait(verdict) => {
+                    gst::log!(
+                        super::imp::CAT,
+                        "Load {:.3}: {verdict:?}, nothing to do",
+                        sample.load
+                    );
+                }
             }
         }
         Outcome::Sampled {
