@@ -289,8 +289,15 @@ fn broken_load_files_warn_never_drain_and_sampling_resumes() {
                 && w.contains(&stat)),
             "{name}: no warning naming {stat}: {warned:?}"
         );
-        // One warning per failure streak, however many samples failed.
-        assert_eq!(warned.len(), 1, "{name}: {warned:?}");
+        // One warning per failure streak, however many samples failed. A
+        // "no time elapsed" may come on top when the fake host's writer thread
+        // was starved for a whole interval on a busy machine (its counters
+        // then did not move): a separate, honest warning, not a repeat.
+        let repeats = warned
+            .iter()
+            .filter(|w| !w.contains("no time elapsed"))
+            .count();
+        assert_eq!(repeats, 1, "{name}: {warned:?}");
         // Sampling resumes once the file is back.
         let mut after = Vec::new();
         let resumed = wait_for(&bus, HANG, |m| {
