@@ -55,6 +55,12 @@ impl<K: Clone + PartialEq> Coordinator<K> {
         })
     }
 
+    /// Leaves the first `samples` samples unjudged: see [`Policy::with_warm_up`].
+    pub fn with_warm_up(mut self, samples: u32) -> Self {
+        self.policy = self.policy.with_warm_up(samples);
+        self
+    }
+
     pub fn config(&self) -> &PolicyConfig {
         self.policy.config()
     }

@@ -97,13 +97,25 @@ pub enum Verdict {
     Rising { count: u32, hold: u32 },
     /// Drain now; `threshold` is the value that was crossed.
     Drain { trigger: Trigger, threshold: f64 },
+    /// Not judged: one of the first samples after measuring started, whose
+    /// window covers the measured work's own start-up. `left` more follow.
+    WarmingUp { left: u32 },
 }
+
+/// Samples a guard leaves unjudged after it starts measuring. The first
+/// window of a fresh meter holds the start-up of what it measures (encoder
+/// initialisation, preroll, worker processes loading GStreamer): with a small
+/// quota or a short interval that alone reads as over the hard threshold and
+/// would drain a recording before it recorded anything.
+pub const START_UP_SAMPLES: u32 = 1;
 
 #[derive(Debug, Clone)]
 pub struct Policy {
     config: PolicyConfig,
     above: u32,
     below: u32,
+    /// Samples still to pass unjudged (see [`Verdict::WarmingUp`]).
+    warm_up: u32,
 }
 
 impl Policy {
@@ -113,7 +125,15 @@ impl Policy {
             config,
             above: 0,
             below: 0,
+            warm_up: 0,
         })
+    }
+
+    /// Leaves the next `samples` samples unjudged. Only the start counts as
+    /// warm-up: [`Policy::reset`] and drains do not start another.
+    pub fn with_warm_up(mut self, samples: u32) -> Self {
+        self.warm_up = samples;
+        self
     }
 
     pub fn config(&self) -> &PolicyConfig {
@@ -128,6 +148,10 @@ impl Policy {
     /// Feeds one sample. After a `Drain` verdict the counts start again, so a
     /// caller that keeps observing (dry-run, or the next victim) gets a fresh hold.
     pub fn observe(&mut self, load: f64) -> Verdict {
+        if self.warm_up > 0 {
+            self.warm_up -= 1;
+            return Verdict::WarmingUp { left: self.warm_up };
+        }
         if !load.is_finite() {
             // A broken sample must never push towards a drain.
             return self.low_sample();
@@ -182,6 +206,28 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn warm_up_leaves_even_a_hard_sample_unjudged_then_judges_normally() {
+        let mut p = Policy::new(PolicyConfig::default())
+            .unwrap()
+            .with_warm_up(2);
+        assert_eq!(p.observe(1.0), Verdict::WarmingUp { left: 1 });
+        assert_eq!(p.observe(0.9), Verdict::WarmingUp { left: 0 });
+        // Nothing was counted during the warm-up.
+        assert_eq!(p.above_count(), 0);
+        assert_eq!(p.observe(0.9), Verdict::Rising { count: 1, hold: 3 });
+        assert!(matches!(
+            p.observe(0.99),
+            Verdict::Drain {
+                trigger: Trigger::Hard,
+                ..
+            }
+        ));
+        // A reset after a drain does not warm up again.
+        p.reset();
+        assert!(matches!(p.observe(0.99), Verdict::Drain { .. }));
+    }
 
     fn policy(soft: f64, hard: f64, hold: u32, release: u32) -> Policy {
         Policy::new(PolicyConfig {

@@ -278,6 +278,31 @@ fn hard_threshold_drains_without_hold() {
 }
 
 #[test]
+fn first_sample_covers_start_up_and_is_not_judged() {
+    // Over the hard threshold from the very start: the first window holds the
+    // pipeline's own start-up, so only the second sample may drain.
+    let host = FakeHost::new(0.97);
+    let e = guard(&[
+        ("load-source", v("system")),
+        ("root", v(host.root_str())),
+        ("interval", v(50u32)),
+        ("hold", v(1000u32)),
+    ]);
+    let (mut h, bus) = harness_with_bus(e);
+    h.play();
+    let mut loads = 0;
+    let drain = wait_for(&bus, Duration::from_secs(5), |m| {
+        if is_element_message(m, "cpuguard-load") {
+            loads += 1;
+        }
+        is_element_message(m, "cpuguard-drain")
+    })
+    .expect("hard threshold drains after the start-up sample");
+    assert_eq!(structure_of(&drain).get::<&str>("trigger").unwrap(), "hard");
+    assert_eq!(loads, 2, "samples reported before the drain");
+}
+
+#[test]
 fn oscillating_load_below_hold_never_drains() {
     let host = FakeHost::new(0.9);
     let e = guard(&[

@@ -28,7 +28,7 @@ use super::monitor::Monitor;
 use super::threads::{CpuUse, StreamingThreads};
 use crate::coordinator::{Candidate, Coordinator, Decision, Victim};
 use crate::load::{CpuRequest, HostPaths, LoadError, LoadMeter, LoadSample, LoadSourceKind};
-use crate::policy::{ConfigError, PolicyConfig, Verdict};
+use crate::policy::{ConfigError, PolicyConfig, START_UP_SAMPLES, Verdict};
 
 /// Name of every sampler thread (at most 15 bytes: what /proc shows as `comm`).
 pub const SAMPLER_THREAD_NAME: &str = "cpuguard-meter";
@@ -172,7 +172,7 @@ pub(super) fn register(
     policy: PolicyKey,
     threads: Arc<StreamingThreads>,
 ) -> Result<Registration, RegisterError> {
-    let coordinator = Coordinator::new(policy.config)?;
+    let coordinator = Coordinator::new(policy.config)?.with_warm_up(START_UP_SAMPLES);
     let mut registry = lock(&REGISTRY);
     let group = match registry.get(&key) {
         Some(group) => group.clone(),
@@ -439,6 +439,13 @@ impl GroupState {
                     gst::debug!(
                         super::imp::CAT,
                         "Load {:.3} high for {count}/{hold} samples",
+                        sample.load
+                    );
+                }
+                Decision::Wait(Verdict::WarmingUp { left }) => {
+                    gst::debug!(
+                        super::imp::CAT,
+                        "Load {:.3} not judged: its window covers start-up ({left} more to skip)",
                         sample.load
                     );
                 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use gstcpuguard::coordinator::{Candidate, Coordinator, Decision, Victim};
 use gstcpuguard::load::{HostPaths, LoadMeter};
-use gstcpuguard::policy::Verdict;
+use gstcpuguard::policy::{START_UP_SAMPLES, Verdict};
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -186,7 +186,9 @@ pub struct Parent {
 
 impl Parent {
     pub fn new(plan: Plan, exe: PathBuf, events: Sender<Event>, inbox: Receiver<Event>) -> Self {
-        let coordinator = Coordinator::new(plan.policy).expect("policy validated by plan()");
+        let coordinator = Coordinator::new(plan.policy)
+            .expect("policy validated by plan()")
+            .with_warm_up(START_UP_SAMPLES);
         Parent {
             exe,
             worker_args: plan.worker_args,
@@ -633,6 +635,13 @@ impl Parent {
                 progress!(
                     "load {load:.3} at or above soft-threshold {} ({count}/{hold})",
                     self.coordinator.config().soft
+                );
+            }
+            Decision::Wait(Verdict::WarmingUp { left }) => {
+                gst::debug!(
+                    CAT,
+                    "cpuguard-run: load {load:.3} not judged: its window covers the workers' \
+                     start-up ({left} more to skip)"
                 );
             }
             Decision::NoCandidate => {
