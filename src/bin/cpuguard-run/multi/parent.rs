@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::admission::Admission;
+use super::timing::SampleTiming;
 use super::tree::{CpuUse, ProcessTable};
 use super::worker::{self, Event};
 use super::{Job, Plan};
@@ -146,6 +147,8 @@ struct Summary {
     peak_load: Option<f64>,
     load_source: String,
     signals: Vec<SignalReport>,
+    /// Time each interval's work took (load, worker CPU, decision).
+    sampling: SampleTiming,
 }
 
 #[derive(Serialize)]
@@ -177,6 +180,7 @@ pub struct Parent {
     /// The last admission or policy note, told once until it changes.
     note: Option<String>,
     proc: HostPaths,
+    sampling: SampleTiming,
 }
 
 impl Parent {
@@ -203,6 +207,7 @@ impl Parent {
             load_warning: None,
             note: None,
             proc: HostPaths::system(),
+            sampling: SampleTiming::default(),
         }
     }
 
@@ -233,6 +238,7 @@ impl Parent {
             self.check_deadlines(now);
             if now >= next_sample {
                 self.sample(now);
+                self.sampling.record(now.elapsed());
                 next_sample = (next_sample + self.interval).max(now);
             }
         }
@@ -666,6 +672,7 @@ impl Parent {
             peak_load: self.peak_load.map(|l| (l * 10_000.0).round() / 10_000.0),
             load_source: self.meter.source().to_string(),
             signals: self.signals.clone(),
+            sampling: self.sampling.clone(),
         };
         if let Ok(line) = serde_json::to_string(&summary) {
             print_line(&line);
