@@ -128,7 +128,7 @@ pub fn measure(record_for: Duration, rounds: usize, dir: &Path) -> Result<Outcom
         run_once(tool, Duration::from_secs(1), dir, 999)?;
     }
     let tools = [Tool::CpuguardRun, Tool::GstLaunch];
-    let mut rss = vec![Vec::new(), Vec::new()];
+    let mut rss = [Vec::new(), Vec::new()];
     let mut round = 0;
     let times = interleaved(&tools, rounds, |&tool| {
         round += 1;
