@@ -101,33 +101,55 @@ fn bench() -> Result<(), String> {
     let started = Instant::now();
     let step = |name: &str| eprintln!("[{:6.1} s] {name}", started.elapsed().as_secs_f64());
 
+    // CPUGUARD_BENCH_ONLY=1,3 runs only those items (profiling a fix); the
+    // table is then printed but BENCHMARKS.md is left alone.
+    let only: Option<Vec<String>> = std::env::var("CPUGUARD_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let wanted = |item: &str| only.as_ref().is_none_or(|o| o.iter().any(|i| i == item));
     let mut rows: Vec<Row> = Vec::new();
     let mut details = Vec::new();
-    step("1. per-buffer overhead");
-    let o = per_buffer::measure(plan.buffers, plan.buffer_rounds)?;
-    rows.extend(o.rows);
-    details.push(("1. Per-buffer overhead", o.details));
-    step("2. sampler cost");
-    let o = sampler_cost::measure(plan.sampler_window, plan.sampler_rounds)?;
-    rows.extend(o.rows);
-    details.push(("2. Sampler cost", o.details));
-    step("3. reaction time");
-    let o = reaction::measure(plan.reaction_rounds)?;
-    rows.extend(o.rows);
-    details.push(("3. Reaction time", o.details));
-    step("4, 5. drain time and memory");
-    let o = recorder::measure(plan.record_for, plan.recorder_rounds, scratch.path())?;
-    rows.extend(o.rows);
-    details.push(("4, 5. Drain time and memory", o.details));
-    step("6. scale");
-    let o = scale::measure(plan.scale_settle, plan.scale_window, plan.scale_rounds)?;
-    rows.extend(o.rows);
-    details.push(("6. Scale", o.details));
+    if wanted("1") {
+        step("1. per-buffer overhead");
+        let o = per_buffer::measure(plan.buffers, plan.buffer_rounds)?;
+        rows.extend(o.rows);
+        details.push(("1. Per-buffer overhead", o.details));
+    }
+    if wanted("2") {
+        step("2. sampler cost");
+        let o = sampler_cost::measure(plan.sampler_window, plan.sampler_rounds)?;
+        rows.extend(o.rows);
+        details.push(("2. Sampler cost", o.details));
+    }
+    if wanted("3") {
+        step("3. reaction time");
+        let o = reaction::measure(plan.reaction_rounds)?;
+        rows.extend(o.rows);
+        details.push(("3. Reaction time", o.details));
+    }
+    if wanted("4") || wanted("5") {
+        step("4, 5. drain time and memory");
+        let o = recorder::measure(plan.record_for, plan.recorder_rounds, scratch.path())?;
+        rows.extend(o.rows);
+        details.push(("4, 5. Drain time and memory", o.details));
+    }
+    if wanted("6") {
+        step("6. scale");
+        let o = scale::measure(plan.scale_settle, plan.scale_window, plan.scale_rounds)?;
+        rows.extend(o.rows);
+        details.push(("6. Scale", o.details));
+    }
     step("done");
 
     let table = report::table(&rows);
     let machine = report::machine();
     println!("\n{table}\n{machine}");
+    if only.is_some() {
+        for (title, text) in &details {
+            println!("### {title}\n\n{text}");
+        }
+        return Ok(());
+    }
     let micro = report::micro(&report::target_dir().join("criterion"));
     let mut md = format!(
         "# cpuguard benchmarks\n\n\
