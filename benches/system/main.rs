@@ -170,7 +170,9 @@ fn bench() -> Result<(), String> {
         "## Micro-benchmarks (criterion, pure core)\n\n{}\n",
         report::micro_table(&micro)
     ));
-    md.push_str(include_str!("NOTES.md"));
+    // Profile findings and limits, kept by hand beside the code they explain.
+    let notes = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/system/NOTES.md");
+    md.push_str(&std::fs::read_to_string(&notes).map_err(|e| format!("{}: {e}", notes.display()))?);
     let out = std::env::var_os("CPUGUARD_BENCH_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md"));
