@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gstcpuguard::coordinator::{Candidate, Coordinator};
+use gstcpuguard::coordinator::{Candidate, Coordinator, heaviest};
 use gstcpuguard::load::{HostPaths, LoadMeter, LoadSourceKind};
 use gstcpuguard::policy::{Policy, PolicyConfig};
 
@@ -90,25 +90,44 @@ fn policy(c: &mut Criterion) {
     });
 }
 
+fn candidates(n: u32) -> Vec<Candidate<u32>> {
+    (0..n)
+        .map(|id| Candidate {
+            id,
+            cpu: f64::from((id * 7919) % 101) / 100.0,
+            ending: id % 5 == 4,
+        })
+        .collect()
+}
+
 fn coordinator(c: &mut Criterion) {
-    let loads = loads();
-    let mut group = c.benchmark_group("coordinator/observe");
+    // The victim choice itself, as made on every drain decision.
+    let mut choice = c.benchmark_group("coordinator/heaviest");
     for n in [1u32, 16, 256] {
-        let candidates: Vec<Candidate<u32>> = (0..n)
-            .map(|id| Candidate {
-                id,
-                cpu: f64::from((id * 7919) % 101) / 100.0,
-                ending: id % 5 == 4,
-            })
-            .collect();
-        let mut coordinator =
-            Coordinator::new(PolicyConfig::default()).expect("default policy is valid");
+        let candidates = candidates(n);
+        choice.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| heaviest(black_box(&candidates)).map(|c| c.id))
+        });
+    }
+    choice.finish();
+
+    // A full step at every sample: policy, then a choice when it says drain
+    // (every third sample here: hold 1, loads alternating around soft).
+    let config = PolicyConfig {
+        hold: 1,
+        ..PolicyConfig::default()
+    };
+    let loads = [0.9, 0.5, 0.5];
+    let mut step = c.benchmark_group("coordinator/observe");
+    for n in [1u32, 16, 256] {
+        let candidates = candidates(n);
+        let mut coordinator = Coordinator::new(config).expect("valid policy");
         let mut i = 0;
-        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+        step.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 i = (i + 1) % loads.len();
                 let decision = coordinator.observe(black_box(loads[i]), &candidates);
-                // Finish any drain at once so every step is a real choice.
+                // Finish any drain at once so the next high sample chooses again.
                 if let Some(id) = coordinator.in_flight().copied() {
                     coordinator.finished(&id);
                 }
@@ -116,7 +135,7 @@ fn coordinator(c: &mut Criterion) {
             })
         });
     }
-    group.finish();
+    step.finish();
 }
 
 criterion_group! {
