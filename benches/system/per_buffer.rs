@@ -49,9 +49,25 @@ pub fn measure(buffers: u64, rounds: usize) -> Result<Outcome, String> {
     let results = interleaved(&VARIANTS, rounds, |(_, element)| run_once(element, buffers))?;
     let per_buffer_ns = |i: usize| median(&results[i]) / buffers as f64 * 1e9;
     let (none, identity, guard) = (per_buffer_ns(0), per_buffer_ns(1), per_buffer_ns(2));
-    let identity_added = identity - none;
-    let guard_added = guard - none;
-    let ratio = guard_added / identity_added;
+    // Added cost and ratio within each round, then their medians: a round is
+    // three runs seconds apart, so load from elsewhere on the machine shifts
+    // all three alike and cancels out of the difference.
+    let added = |i: usize| -> Vec<f64> {
+        results[i]
+            .iter()
+            .zip(&results[0])
+            .map(|(x, base)| (x - base) / buffers as f64 * 1e9)
+            .collect()
+    };
+    let (identity_rounds, guard_rounds) = (added(1), added(2));
+    let ratios: Vec<f64> = guard_rounds
+        .iter()
+        .zip(&identity_rounds)
+        .map(|(g, i)| g / i)
+        .collect();
+    let identity_added = median(&identity_rounds);
+    let guard_added = median(&guard_rounds);
+    let ratio = median(&ratios);
     let rows = vec![Row {
         item: "1. Per-buffer overhead",
         measure: "CPU added per buffer (`fakesrc ! X ! fakesink`)".into(),
@@ -64,7 +80,13 @@ pub fn measure(buffers: u64, rounds: usize) -> Result<Outcome, String> {
     let details = format!(
         "{buffers} buffers per run, {rounds} interleaved rounds, process CPU time \
          (CLOCK_PROCESS_CPUTIME_ID) from PLAYING to EOS. Median CPU per buffer: no element \
-         {none:.1} ns, identity {identity:.1} ns, cpuguard {guard:.1} ns.\n"
+         {none:.1} ns, identity {identity:.1} ns, cpuguard {guard:.1} ns. The figure is the \
+         median of each round's ratio (cpuguard added / identity added): {}.\n",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(Outcome { rows, details })
 }
