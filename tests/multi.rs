@@ -149,6 +149,11 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
         serde_json::json!({"cpu-limit": 1, "stop-requested": 2})
     );
     assert_eq!(summary["signals"][0]["signal"], "SIGTERM");
+    // The parent sampled (it chose worker 3) and timed each sample.
+    let sampling = &summary["sampling"];
+    assert!(sampling["samples"].as_u64() >= Some(3), "{sampling}");
+    assert!(sampling["mean_us"].as_f64() > Some(0.0), "{sampling}");
+    assert!(sampling["max_us"].as_f64() >= sampling["mean_us"].as_f64());
     for file in &files {
         let streams = mp4_streams(file).unwrap_or_else(|e| panic!("not playable: {e}"));
         assert_eq!(streams, ["video/x-h264"], "{}", file.display());

@@ -494,6 +494,10 @@ impl ObjectSubclass for CpuGuard {
     const NAME: &'static str = "GstCpuGuard";
     type Type = super::CpuGuard;
     type ParentType = gst_base::BaseTransform;
+
+    fn class_init(klass: &mut Self::Class) {
+        super::fast_path::use_parent_buffer_path(klass);
+    }
 }
 
 impl ObjectImpl for CpuGuard {

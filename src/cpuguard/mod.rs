@@ -5,6 +5,7 @@ use gst::glib;
 use gst::prelude::*;
 
 pub mod drain;
+mod fast_path;
 mod imp;
 mod monitor;
 mod sampler;

@@ -15,6 +15,7 @@
 
 mod admission;
 mod parent;
+mod timing;
 mod tree;
 mod worker;
 

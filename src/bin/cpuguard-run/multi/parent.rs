@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::admission::Admission;
+use super::timing::SampleTiming;
 use super::tree::{CpuUse, ProcessTable};
 use super::worker::{self, Event};
 use super::{Job, Plan};
@@ -150,6 +151,8 @@ struct Summary {
     /// CPUs the parent's load is measured against, as of its last sample.
     capacity: f64,
     signals: Vec<SignalReport>,
+    /// Time each interval's work took (load, worker CPU, decision).
+    sampling: SampleTiming,
 }
 
 #[derive(Serialize)]
@@ -182,6 +185,7 @@ pub struct Parent {
     note: Option<String>,
     proc: HostPaths,
     observer: Observer,
+    sampling: SampleTiming,
 }
 
 impl Parent {
@@ -211,6 +215,7 @@ impl Parent {
             note: None,
             proc: HostPaths::system(),
             observer: plan.observer,
+            sampling: SampleTiming::default(),
         }
     }
 
@@ -241,6 +246,7 @@ impl Parent {
             self.check_deadlines(now);
             if now >= next_sample {
                 self.sample(now);
+                self.sampling.record(now.elapsed());
                 next_sample = (next_sample + self.interval).max(now);
             }
         }
@@ -743,6 +749,7 @@ impl Parent {
             load_source: self.meter.source().to_string(),
             capacity: (self.meter.capacity() * 1000.0).round() / 1000.0,
             signals: self.signals.clone(),
+            sampling: self.sampling.clone(),
         };
         if let Ok(line) = serde_json::to_string(&summary) {
             print_line(&line);
