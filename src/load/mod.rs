@@ -34,7 +34,7 @@ use cgroup::{Cgroups, CpuCgroup, UsageFile};
 
 pub use error::LoadError;
 pub use paths::HostPaths;
-pub use process::{process_cpu_seconds, thread_cpu_seconds};
+pub use process::{own_thread_cpu_time, process_cpu_seconds, thread_cpu_seconds};
 pub use request::{CpuRequest, CpuRequestError};
 
 /// Which counter a [`LoadMeter`] follows.
