@@ -127,48 +127,41 @@ impl HostFile {
 
     /// Like [`read_into`].
     pub fn read_into(&self, buf: &mut String) -> Result<(), LoadError> {
-        match self.read(buf) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(LoadError::read(
-                &self.path,
-                io::Error::from(io::ErrorKind::NotFound),
-            )),
-            Err(error) => Err(LoadError::read(&self.path, error)),
-        }
-    }
-
-    /// Like [`read_if_present`].
-    pub fn read_if_present(&self, buf: &mut String) -> Result<bool, LoadError> {
         self.read(buf)
             .map_err(|error| LoadError::read(&self.path, error))
     }
 
-    /// `Ok(false)`: no such file.
-    fn read(&self, buf: &mut String) -> io::Result<bool> {
-        let Some(held) = &self.held else {
-            return match read_if_present(&self.path, buf) {
-                Ok(found) => Ok(found),
-                Err(LoadError::Read { error, .. }) => Err(error),
-                Err(other) => Err(io::Error::other(other.to_string())),
-            };
-        };
+    /// Like [`read_if_present`].
+    pub fn read_if_present(&self, buf: &mut String) -> Result<bool, LoadError> {
+        match self.read(buf) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                buf.clear();
+                Ok(false)
+            }
+            Err(error) => Err(LoadError::read(&self.path, error)),
+        }
+    }
+
+    fn read(&self, buf: &mut String) -> io::Result<()> {
         buf.clear();
+        let Some(held) = &self.held else {
+            return File::open(&self.path)
+                .and_then(|mut file| file.read_to_string(buf))
+                .map(|_| ());
+        };
         let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
         let Held { file, bytes } = &mut *held;
         let opened = match file {
             Some(file) => file,
-            None => match File::open(&self.path) {
-                Ok(opened) => file.insert(opened),
-                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
-                Err(error) => return Err(error),
-            },
+            None => file.insert(File::open(&self.path)?),
         };
         match pread_whole(opened, bytes) {
             Ok(len) => {
                 let text = std::str::from_utf8(&bytes[..len])
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 buf.push_str(text);
-                Ok(true)
+                Ok(())
             }
             Err(error) => {
                 *file = None;
@@ -293,7 +286,8 @@ mod tests {
             held: Some(Mutex::default()),
         };
         assert!(!missing.read_if_present(&mut buf).unwrap());
-        assert!(missing.read_into(&mut buf).is_err());
+        let err = missing.read_into(&mut buf).unwrap_err().to_string();
+        assert!(err.contains("nope: No such file"), "{err}");
         std::fs::write(dir.path().join("nope"), "1\n").unwrap();
         assert!(missing.read_if_present(&mut buf).unwrap());
         assert_eq!(buf, "1\n");
