@@ -7,12 +7,11 @@
 //! of the same pipeline (behind a queue, or inside an encoder's own thread
 //! pool) are not seen; they are not counted.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::load::{HostPaths, thread_cpu_seconds};
+use crate::load::own_thread_cpu_time;
 
 thread_local! {
     /// gettid is a syscall; a streaming thread asks once per buffer, so keep it.
@@ -47,17 +46,24 @@ impl StreamingThreads {
         self.last.store(tid, Ordering::Relaxed);
     }
 
+    #[cfg(test)]
     pub fn snapshot(&self) -> Vec<i32> {
         lock(&self.seen).clone()
     }
 
-    /// Drops a thread that has exited, so the list does not grow with every
-    /// pool thread that ever pushed, and a reused tid is noted afresh.
-    fn forget(&self, tid: i32) {
-        lock(&self.seen).retain(|&t| t != tid);
-        let _ = self
-            .last
-            .compare_exchange(tid, 0, Ordering::Relaxed, Ordering::Relaxed);
+    /// Calls `visit` on each thread and drops those it returns false for
+    /// (exited), so the list does not grow with every pool thread that ever
+    /// pushed, and a reused tid is noted afresh.
+    fn visit_live(&self, mut visit: impl FnMut(i32) -> bool) {
+        lock(&self.seen).retain(|&tid| {
+            let live = visit(tid);
+            if !live {
+                let _ = self
+                    .last
+                    .compare_exchange(tid, 0, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            live
+        });
     }
 
     pub fn clear(&self) {
@@ -75,39 +81,40 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// CPU use of one instance's threads between samples, in CPUs.
 #[derive(Debug, Default)]
 pub struct CpuUse {
-    /// Cumulative CPU seconds of each thread at the previous sample.
-    previous: HashMap<i32, f64>,
+    /// Cumulative CPU time of each thread at the previous sample.
+    previous: Vec<(i32, Duration)>,
+    /// This sample's readings, swapped with `previous` (no allocation per sample).
+    current: Vec<(i32, Duration)>,
     at: Option<Instant>,
-    /// Smoothed over about two samples: utime/stime count whole clock ticks,
-    /// so a single short window can misrank two pipelines by a tick.
+    /// Smoothed over about two samples, so that one short window (a thread
+    /// scheduled just before or after the sample) does not misrank two
+    /// pipelines.
     smoothed: Option<f64>,
 }
 
 impl CpuUse {
-    /// Reads every thread's CPU time from this process's own /proc (never the
-    /// element's `root`: that may be a fixture or another namespace's /proc).
-    /// A thread seen for the first time only sets its baseline, since pool
+    /// Reads every thread's CPU clock (threads of this process only, whatever
+    /// the element's `root` says: one `clock_gettime` each, no file). A
+    /// thread seen for the first time only sets its baseline, since pool
     /// threads may have worked for someone else before. Exited threads are
     /// forgotten.
     pub fn update(&mut self, threads: &StreamingThreads, now: Instant) -> f64 {
-        let paths = HostPaths::system();
-        let pid = own_pid();
-        let mut used = 0.0;
-        let mut current = HashMap::new();
-        for tid in threads.snapshot() {
-            match thread_cpu_seconds(&paths, pid, tid) {
-                Ok(seconds) => {
-                    if let Some(before) = self.previous.get(&tid) {
-                        used += (seconds - before).max(0.0);
-                    }
-                    current.insert(tid, seconds);
-                }
-                Err(_) => threads.forget(tid),
+        let mut used = Duration::ZERO;
+        self.current.clear();
+        let (previous, current) = (&self.previous, &mut self.current);
+        threads.visit_live(|tid| {
+            let Ok(time) = own_thread_cpu_time(tid) else {
+                return false;
+            };
+            if let Some((_, before)) = previous.iter().find(|(t, _)| *t == tid) {
+                used += time.saturating_sub(*before);
             }
-        }
-        self.previous = current;
+            current.push((tid, time));
+            true
+        });
+        std::mem::swap(&mut self.previous, &mut self.current);
         let share = match self.at.replace(now) {
-            Some(at) if now > at => used / now.duration_since(at).as_secs_f64(),
+            Some(at) if now > at => used.as_secs_f64() / now.duration_since(at).as_secs_f64(),
             // No window yet: nothing to say, and a 0 would drag the average.
             _ => return self.last(),
         };
@@ -125,14 +132,9 @@ impl CpuUse {
     }
 }
 
-fn own_pid() -> i32 {
-    i32::try_from(std::process::id()).unwrap_or(i32::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn notes_each_thread_once() {
@@ -157,7 +159,7 @@ mod tests {
                 threads.note_current();
                 let start = Instant::now();
                 cpu.update(&threads, start);
-                // Spin in rounds until clock ticks show: on a loaded machine the
+                // Spin in rounds until its CPU shows: on a loaded machine the
                 // thread may get little CPU, so bound the wait, not the share.
                 loop {
                     let round = Instant::now();

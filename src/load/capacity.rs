@@ -4,11 +4,10 @@
 //! time (e.g. Kubernetes in-place resize).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 
 use super::LoadError;
 use super::cgroup::{QuotaChain, QuotaLimit};
-use super::paths::{HostPaths, read_if_present, read_into};
+use super::paths::{HostFile, HostPaths};
 use super::request::CpuRequest;
 
 /// The files that bound capacity.
@@ -17,9 +16,9 @@ pub(crate) struct Limits {
     /// `/proc/<pid>/status`, for `Cpus_allowed_list`. Read instead of
     /// `sched_getaffinity` so that fixtures can fake it; the kernel fills it
     /// from the same mask.
-    status: Option<PathBuf>,
-    online: PathBuf,
-    proc_stat: PathBuf,
+    status: Option<HostFile>,
+    online: HostFile,
+    proc_stat: HostFile,
     /// Stands in for the quota when there is none. Kubernetes keeps the
     /// request at or below the limit, and the quota is what the kernel
     /// enforces, so a quota always wins, even over a smaller request.
@@ -43,8 +42,8 @@ impl Limits {
         Self {
             quota: None,
             status: None,
-            online: paths.root.join("sys/devices/system/cpu/online"),
-            proc_stat: paths.proc_file("stat"),
+            online: HostFile::new(paths, paths.root.join("sys/devices/system/cpu/online")),
+            proc_stat: HostFile::new(paths, paths.proc_file("stat")),
             request: None,
         }
     }
@@ -53,7 +52,7 @@ impl Limits {
     pub fn process(paths: &HostPaths, pid: i32, quota: Option<QuotaChain>) -> Self {
         Self {
             quota,
-            status: Some(paths.pid_file(pid, "status")),
+            status: Some(HostFile::new(paths, paths.pid_file(pid, "status"))),
             ..Self::host(paths)
         }
     }
@@ -70,17 +69,17 @@ impl Limits {
         };
         let affinity = match &self.status {
             Some(status) => {
-                read_into(status, buf)?;
-                Some(parse_affinity(buf).map_err(|d| LoadError::malformed(status, d))?)
+                status.read_into(buf)?;
+                Some(parse_affinity(buf).map_err(|d| LoadError::malformed(status.path(), d))?)
             }
             None => None,
         };
-        let online = if read_if_present(&self.online, buf)? {
-            count_cpu_list(buf.trim()).map_err(|d| LoadError::malformed(&self.online, d))?
+        let online = if self.online.read_if_present(buf)? {
+            count_cpu_list(buf.trim()).map_err(|d| LoadError::malformed(self.online.path(), d))?
         } else {
             // Containers sometimes hide /sys; /proc/stat lists online CPUs too.
-            read_into(&self.proc_stat, buf)?;
-            count_stat_cpus(buf).map_err(|d| LoadError::malformed(&self.proc_stat, d))?
+            self.proc_stat.read_into(buf)?;
+            count_stat_cpus(buf).map_err(|d| LoadError::malformed(self.proc_stat.path(), d))?
         };
         let mut cpus = f64::from(online);
         if let Some(affinity) = affinity {

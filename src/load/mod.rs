@@ -33,8 +33,9 @@ use capacity::{Capacity, Limits};
 use cgroup::{Cgroups, CpuCgroup, UsageFile};
 
 pub use error::LoadError;
+use paths::HostFile;
 pub use paths::HostPaths;
-pub use process::{process_cpu_seconds, thread_cpu_seconds};
+pub use process::{own_thread_cpu_time, process_cpu_seconds, thread_cpu_seconds};
 pub use request::{CpuRequest, CpuRequestError};
 
 /// Which counter a [`LoadMeter`] follows.
@@ -200,7 +201,7 @@ impl LoadMeter {
                 let stat = paths.pid_file(pid, "stat");
                 let what = format!("CPU time of pid {pid} from {}", stat.display());
                 let counter = Counter::Process {
-                    stat,
+                    stat: HostFile::new(paths, stat),
                     ticks_per_second: process::ticks_per_second()?,
                 };
                 (counter, what)
@@ -234,7 +235,9 @@ impl LoadMeter {
                 let stat = paths.proc_file("stat");
                 let what = format!("host busy/idle time from {}", stat.display());
                 let limits = Limits::host(paths);
-                let counter = Counter::System { stat };
+                let counter = Counter::System {
+                    stat: HostFile::new(paths, stat),
+                };
                 // Host figures do not depend on any cgroup.
                 return Self::start(
                     origin,
@@ -510,13 +513,13 @@ struct Baseline {
 enum Counter {
     /// utime+stime in clock ticks.
     Process {
-        stat: PathBuf,
+        stat: HostFile,
         ticks_per_second: f64,
     },
     /// cgroup usage in the file's unit.
     Cgroup(UsageFile),
     /// Host busy and idle jiffies.
-    System { stat: PathBuf },
+    System { stat: HostFile },
     /// `some` stall time in µs.
     Psi { pressure: PathBuf },
 }
@@ -529,7 +532,7 @@ const MIN_PROCESS_TICKS: f64 = 10.0;
 impl Counter {
     fn path(&self) -> &Path {
         match self {
-            Self::Process { stat, .. } | Self::System { stat } => stat,
+            Self::Process { stat, .. } | Self::System { stat } => stat.path(),
             Self::Cgroup(usage) => &usage.path,
             Self::Psi { pressure } => pressure,
         }
@@ -537,12 +540,15 @@ impl Counter {
 
     fn read(&self, buf: &mut String) -> Result<Counts, LoadError> {
         let used = match self {
-            Self::Process { stat, .. } => process::read_cpu_ticks(stat, buf)?,
+            Self::Process { stat, .. } => {
+                stat.read_into(buf)?;
+                process::parse_cpu_ticks(buf).map_err(|d| LoadError::malformed(stat.path(), d))?
+            }
             Self::Cgroup(usage) => usage.read(buf)?,
             Self::System { stat } => {
-                paths::read_into(stat, buf)?;
-                let times =
-                    proc_stat::parse_cpu_times(buf).map_err(|d| LoadError::malformed(stat, d))?;
+                stat.read_into(buf)?;
+                let times = proc_stat::parse_cpu_times(buf)
+                    .map_err(|d| LoadError::malformed(stat.path(), d))?;
                 return Ok(Counts {
                     used: times.busy,
                     idle: times.idle,

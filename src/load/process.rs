@@ -1,7 +1,11 @@
 //! Process and thread CPU time from `/proc/<pid>/stat` and
-//! `/proc/<pid>/task/<tid>/stat`.
+//! `/proc/<pid>/task/<tid>/stat`, or, for this process's own threads, from
+//! their CPU clocks.
 
 use std::path::Path;
+use std::time::Duration;
+
+use nix::time::{ClockId, clock_gettime};
 
 use super::LoadError;
 use super::paths::{HostPaths, read_into};
@@ -14,6 +18,20 @@ pub fn process_cpu_seconds(paths: &HostPaths, pid: i32) -> Result<f64, LoadError
 /// utime+stime of one thread, `/proc/<pid>/task/<tid>/stat`, in seconds.
 pub fn thread_cpu_seconds(paths: &HostPaths, pid: i32, tid: i32) -> Result<f64, LoadError> {
     cpu_seconds(&paths.task_file(pid, tid, "stat"))
+}
+
+/// The CPU clock of thread `tid` of this process (Linux encodes a thread's
+/// CPU clock as `CPUCLOCK_SCHED | CPUCLOCK_PERTHREAD` over the bit-inverted tid).
+pub(crate) fn thread_cpu_clock(tid: i32) -> nix::libc::clockid_t {
+    ((!tid) << 3) | 6
+}
+
+/// CPU time of thread `tid` of this process, from its CPU clock: one
+/// syscall, nanosecond precision, no file. Fails once the thread has exited
+/// (the kernel also refuses a tid of another process).
+pub fn own_thread_cpu_time(tid: i32) -> Result<Duration, nix::errno::Errno> {
+    let clock = ClockId::from_raw(thread_cpu_clock(tid));
+    clock_gettime(clock).map(Duration::from)
 }
 
 fn cpu_seconds(path: &Path) -> Result<f64, LoadError> {
@@ -79,6 +97,45 @@ mod tests {
         assert!(parse_cpu_ticks(&STAT.replace(" 250 ", " -5 ")).is_err());
         let max = u64::MAX;
         assert!(parse_cpu_ticks(&STAT.replace(" 250 50 ", &format!(" {max} 1 "))).is_err());
+    }
+
+    #[test]
+    fn thread_cpu_clock_ids_match_the_kernel_encoding() {
+        // CPUCLOCK_PID(clock) = ~(clock >> 3); CPUCLOCK_PERTHREAD_MASK = 4; CPUCLOCK_SCHED = 2.
+        for tid in [1, 42, 4_194_304] {
+            let clock = thread_cpu_clock(tid);
+            assert_eq!(!(clock >> 3), tid);
+            assert_eq!(clock & 7, 6);
+        }
+    }
+
+    #[test]
+    fn own_thread_cpu_time_follows_the_thread_and_refuses_others() {
+        let tid = nix::unistd::gettid().as_raw();
+        let before = own_thread_cpu_time(tid).unwrap();
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(0u64);
+        }
+        let after = own_thread_cpu_time(tid).unwrap();
+        assert!(after > before, "{before:?} -> {after:?}");
+        // What the thread's own clock says, read just after.
+        let own = Duration::from(clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap());
+        assert!(own >= after, "{own:?} < {after:?}");
+        // Another process's thread (init), and an exited thread of ours.
+        assert!(own_thread_cpu_time(1).is_err() || std::process::id() == 1);
+        let exited = std::thread::spawn(|| nix::unistd::gettid().as_raw())
+            .join()
+            .unwrap();
+        let gone = std::time::Instant::now();
+        // The kernel may reap the task a moment after join returns.
+        while own_thread_cpu_time(exited).is_ok() {
+            assert!(
+                gone.elapsed() < Duration::from_secs(5),
+                "tid {exited} still readable"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]
