@@ -89,6 +89,142 @@ fn any_caps_pass_through() {
     }
 }
 
+/// Buffer lists go through as lists (the element has a chain-list function of
+/// its own), in order, and a drain ends the stream on the next list too.
+#[test]
+fn buffer_lists_pass_whole_and_drain_ends_them() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e.clone());
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    let lists = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = lists.clone();
+    e.static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER_LIST, move |_, _| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        });
+    let list = |sizes: &[usize]| {
+        let mut list = gst::BufferList::new();
+        for &size in sizes {
+            list.get_mut()
+                .unwrap()
+                .add(gst::Buffer::from_slice(vec![0u8; size]));
+        }
+        list
+    };
+    let feeder = h.srcpad().unwrap();
+    assert_eq!(feeder.push_list(list(&[1, 2, 3])), Ok(gst::FlowSuccess::Ok));
+    let sizes: Vec<usize> = (0..3).map(|_| h.pull().unwrap().size()).collect();
+    assert_eq!(sizes, [1, 2, 3]);
+    assert_eq!(lists.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    assert!(e.emit_by_name::<bool>("drain", &[&"stop-requested"]));
+    assert_eq!(feeder.push_list(list(&[4, 5])), Err(gst::FlowError::Eos));
+    assert!(h.try_pull().is_none(), "no buffer after the drain");
+    let mut eos = None;
+    while let Some(event) = h.try_pull_event() {
+        if event.type_() == gst::EventType::Eos {
+            eos = Some(event);
+        }
+    }
+    let eos = eos.expect("EOS sent downstream");
+    assert_eq!(
+        eos.structure().unwrap().get::<&str>("reason").unwrap(),
+        "stop-requested"
+    );
+}
+
+/// POSITION queries answered by the element follow the buffers that went
+/// through it, as GstBaseTransform's own chain keeps them.
+#[test]
+fn position_query_follows_buffers() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e.clone());
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    let mut buffer = gst::Buffer::from_slice([0u8; 4]);
+    {
+        let buffer = buffer.get_mut().unwrap();
+        buffer.set_pts(gst::ClockTime::from_seconds(1));
+        buffer.set_duration(gst::ClockTime::from_seconds(1));
+    }
+    h.push(buffer).unwrap();
+    h.pull().unwrap();
+    for pad in ["src", "sink"] {
+        let mut query = gst::query::Position::new(gst::Format::Time);
+        assert!(e.static_pad(pad).unwrap().query(&mut query), "{pad}");
+        assert_eq!(
+            query.result(),
+            gst::GenericFormattedValue::from(gst::ClockTime::from_seconds(2)),
+            "{pad}"
+        );
+    }
+}
+
+/// A RECONFIGURE from downstream renegotiates before the next buffer: refused
+/// caps give not-negotiated, accepted ones let buffers flow again.
+#[test]
+fn reconfigure_renegotiates_before_the_next_buffer() {
+    let e = guard(&[("load-source", v("system"))]);
+    let (mut h, _bus) = harness_with_bus(e.clone());
+    h.set_src_caps_str("application/x-test");
+    h.play();
+    h.push(gst::Buffer::from_slice([0u8; 4])).unwrap();
+    h.pull().unwrap();
+
+    let src = e.static_pad("src").unwrap();
+    h.set_sink_caps_str("application/x-other");
+    src.mark_reconfigure();
+    assert_eq!(
+        h.push(gst::Buffer::from_slice([0u8; 4])),
+        Err(gst::FlowError::NotNegotiated)
+    );
+    assert!(src.needs_reconfigure(), "still to negotiate");
+
+    h.set_sink_caps_str("application/x-test");
+    h.push(gst::Buffer::from_slice([0u8; 4])).unwrap();
+    assert_eq!(h.pull().unwrap().size(), 4);
+    assert!(!src.needs_reconfigure());
+}
+
+/// With the inherited `qos` property on, late buffers are dropped as
+/// GstBaseTransform drops them; with it off (the default) nothing is.
+#[test]
+fn qos_property_drops_late_buffers_only_when_on() {
+    for qos in [false, true] {
+        let e = guard(&[("load-source", v("system"))]);
+        e.set_property("qos", qos);
+        let (mut h, _bus) = harness_with_bus(e.clone());
+        h.set_src_caps_str("application/x-test");
+        h.play();
+        // Downstream says: everything before 10 s running time is late.
+        assert!(h.push_upstream_event(gst::event::Qos::new(
+            gst::QOSType::Underflow,
+            1.0,
+            0,
+            gst::ClockTime::from_seconds(10),
+        )));
+        for (seconds, size) in [(1, 1usize), (20, 2)] {
+            let mut buffer = gst::Buffer::from_slice(vec![0u8; size]);
+            buffer
+                .get_mut()
+                .unwrap()
+                .set_pts(gst::ClockTime::from_seconds(seconds));
+            h.push(buffer).unwrap();
+        }
+        let sizes: Vec<usize> = std::iter::from_fn(|| h.try_pull())
+            .map(|b| b.size())
+            .collect();
+        if qos {
+            assert_eq!(sizes, [2], "the late buffer is dropped");
+        } else {
+            assert_eq!(sizes, [1, 2], "nothing dropped without qos");
+        }
+    }
+}
+
 #[test]
 fn drain_action_in_harness_tags_and_ends_stream() {
     let e = guard(&[("load-source", v("system"))]);

@@ -146,6 +146,9 @@ pub struct CpuGuard {
     /// Set when EOS must be injected from the streaming thread (no parent bin, or
     /// the sources refused the EOS). Checked per buffer, hence an atomic.
     inject_eos: AtomicBool,
+    /// GstBaseTransform's `qos` property is on: buffers then take
+    /// GstBaseTransform's own chain, which drops late ones (see direct.rs).
+    qos: AtomicBool,
 }
 
 impl Default for CpuGuard {
@@ -159,6 +162,7 @@ impl Default for CpuGuard {
             last_cpu: AtomicU64::new(0f64.to_bits()),
             stream_ended: AtomicBool::new(false),
             inject_eos: AtomicBool::new(false),
+            qos: AtomicBool::new(false),
         }
     }
 }
@@ -494,10 +498,6 @@ impl ObjectSubclass for CpuGuard {
     const NAME: &'static str = "GstCpuGuard";
     type Type = super::CpuGuard;
     type ParentType = gst_base::BaseTransform;
-
-    fn class_init(klass: &mut Self::Class) {
-        super::fast_path::use_parent_buffer_path(klass);
-    }
 }
 
 impl ObjectImpl for CpuGuard {
@@ -701,8 +701,14 @@ impl ObjectImpl for CpuGuard {
 
     fn constructed(&self) {
         self.parent_constructed();
+        let obj = self.obj();
         // Passthrough from the start: buffers flow even before (or without) caps.
-        self.obj().set_passthrough(true);
+        obj.set_passthrough(true);
+        super::direct::install(&obj);
+        // Set through the property: notified. Set with
+        // gst_base_transform_set_qos_enabled: seen at the next QOS event,
+        // before which QoS has nothing to drop by.
+        obj.connect_qos_notify(|obj| obj.imp().refresh_qos());
     }
 }
 
@@ -868,21 +874,20 @@ impl BaseTransformImpl for CpuGuard {
         }
     }
 
+    fn src_event(&self, event: gst::Event) -> bool {
+        if event.type_() == gst::EventType::Qos {
+            self.refresh_qos();
+        }
+        self.parent_src_event(event)
+    }
+
+    /// Only runs when GstBaseTransform's own chain does (QoS on, pull mode):
+    /// the direct chain (direct.rs) calls `on_buffer` itself.
     fn transform_ip_passthrough(
         &self,
         _buf: &gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.threads.note_current();
-        if self.inject_eos.load(Ordering::Relaxed) && self.inject_eos.swap(false, Ordering::SeqCst)
-        {
-            gst::info!(
-                CAT,
-                imp = self,
-                "Ending the stream from the streaming thread"
-            );
-            self.forward_tagged_eos(None);
-            return Err(gst::FlowError::Eos);
-        }
+        self.on_buffer()?;
         Ok(gst::FlowSuccess::Ok)
     }
 }
@@ -897,5 +902,31 @@ impl CpuGuard {
 
     fn has_drain(&self) -> bool {
         lock(&self.state).drain.is_some()
+    }
+
+    /// The element's work on every buffer: note the streaming thread, and end
+    /// the stream from here (tagged EOS downstream, EOS flow upstream) when a
+    /// drain asked for it. An `Err` means the buffer must not go on.
+    pub(super) fn on_buffer(&self) -> Result<(), gst::FlowError> {
+        self.threads.note_current();
+        if self.inject_eos.load(Ordering::Relaxed) && self.inject_eos.swap(false, Ordering::SeqCst)
+        {
+            gst::info!(
+                CAT,
+                imp = self,
+                "Ending the stream from the streaming thread"
+            );
+            self.forward_tagged_eos(None);
+            return Err(gst::FlowError::Eos);
+        }
+        Ok(())
+    }
+
+    pub(super) fn qos_enabled(&self) -> bool {
+        self.qos.load(Ordering::Relaxed)
+    }
+
+    fn refresh_qos(&self) {
+        self.qos.store(self.obj().is_qos(), Ordering::Relaxed);
     }
 }

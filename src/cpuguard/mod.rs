@@ -4,8 +4,8 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod direct;
 pub mod drain;
-mod fast_path;
 mod imp;
 mod monitor;
 mod sampler;
