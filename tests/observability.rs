@@ -117,6 +117,27 @@ impl Running {
     }
 }
 
+/// A test that fails half-way must not leave cpuguard-run (and, in multi
+/// mode, its workers) running: SIGINT stops the workers with it, SIGKILL is the
+/// last resort.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        self.signal(Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The metrics address cpuguard-run printed.
 fn metrics_addr(run: &Running) -> String {
     let rest = run.wait_for("metrics: serving http://");
