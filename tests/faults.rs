@@ -469,16 +469,6 @@ fn recording(width: u32, height: u32, pattern: &str, path: &Path) -> String {
     )
 }
 
-fn worker_pid(stderr: &str, id: u32) -> i32 {
-    let needle = format!("worker {id} started: pid ");
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(&needle))
-        .unwrap_or_else(|| panic!("no start line for worker {id}:\n{stderr}"));
-    let rest = &line[line.find(&needle).unwrap() + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
     let host = FakeHost::new(0.1);
@@ -522,7 +512,7 @@ fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
         "drained the tiny worker {first} first"
     );
     run.wait_stderr(&format!("worker {first}: state ENDING"));
-    let pid = worker_pid(&run.stderr_so_far(), first);
+    let pid = run.worker_pid(first);
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("worker killed");
 
     let killed = run.wait_result(first.into());

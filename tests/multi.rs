@@ -46,17 +46,6 @@ fn pipelines(descriptions: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The pid the parent printed for worker `id`.
-fn worker_pid(stderr: &str, id: u32) -> i32 {
-    let needle = format!("worker {id} started: pid ");
-    let line = stderr
-        .lines()
-        .find(|l| l.contains(&needle))
-        .unwrap_or_else(|| panic!("no start line for worker {id}:\n{stderr}"));
-    let rest = &line[line.find(&needle).unwrap() + needle.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn heaviest_of_three_encodes_is_drained_first_and_alone() {
     let host = FakeHost::new(0.1);
@@ -245,7 +234,7 @@ fn a_crashing_worker_fails_alone() {
     ]));
     let mut run = spawn(&a);
     run.wait_workers_active(&[1, 2]);
-    let pid = worker_pid(&run.stderr_so_far(), 1);
+    let pid = run.worker_pid(1);
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("worker killed");
 
     let crashed = run.wait_result(1);

@@ -148,6 +148,18 @@ impl Run {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Multi-pipeline mode: the pid the parent printed for worker `id`.
+    pub fn worker_pid(&self, id: u32) -> i32 {
+        let stderr = self.stderr_so_far();
+        let needle = format!("worker {id} started: pid ");
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no start line for worker {id}:\n{stderr}"));
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// The non-blank stdout lines printed so far.
     pub fn stdout_so_far(&self) -> Vec<String> {
         non_blank(&self.stdout.lock().unwrap())
