@@ -6,14 +6,13 @@
 
 mod common;
 
+use common::run::{Run, assert_no_panic, spawn_command};
 use common::*;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cpuguard-run");
@@ -39,108 +38,29 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A running cpuguard-run whose stderr is collected as it comes.
-struct Running {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
+/// Starts `cmd` under the shared harness, which reads stdout and stderr as
+/// they come and stops the run if the test fails half-way.
+fn start(mut cmd: Command) -> Run {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    spawn_command(cmd)
 }
 
-impl Running {
-    fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cpuguard-run starts");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (text, pipe) = (stderr.clone(), child.stderr.take().unwrap());
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut text = text.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
-        Running { child, stderr }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until stderr contains `needle`; returns the text after it.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + HANG;
-        loop {
-            let text = self.stderr();
-            if let Some(at) = text.find(needle) {
-                return text[at + needle.len()..].to_owned();
-            }
-            assert!(Instant::now() < deadline, "no {needle:?} in:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Waits for the exit; returns the exit code and the stdout lines.
-    fn end(mut self) -> (Option<i32>, Vec<Value>, String) {
-        let deadline = Instant::now() + HANG;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("cpuguard-run hangs:\n{}", self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stdout = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut stdout)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let stderr = self.stderr();
-        assert!(!stderr.contains("panicked"), "{stderr}");
-        let lines = stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
-            .collect();
-        (status.code(), lines, stderr)
-    }
-}
-
-/// A test that fails half-way must not leave cpuguard-run (and, in multi
-/// mode, its workers) running: SIGINT stops the workers with it, SIGKILL is the
-/// last resort.
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        self.signal(Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Waits for the exit; returns the exit code, the stdout JSON lines and stderr.
+fn end(run: Run) -> (Option<i32>, Vec<Value>, String) {
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    let lines = ended
+        .stdout_lines()
+        .into_iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON {l:?}: {e}")))
+        .collect();
+    (ended.code(), lines, ended.stderr)
 }
 
 /// The metrics address cpuguard-run printed.
-fn metrics_addr(run: &Running) -> String {
-    let rest = run.wait_for("metrics: serving http://");
+fn metrics_addr(run: &mut Run) -> String {
+    let line = run.wait_stderr("metrics: serving http://");
+    let rest = &line[line.find("http://").unwrap() + "http://".len()..];
     rest.split("/metrics").next().unwrap().to_owned()
 }
 
@@ -271,10 +191,10 @@ fn metrics_follow_a_multi_pipeline_run_through_a_cpu_limit_drain() {
     );
     let mut cmd = command(&[]);
     cmd.args(&args).env("GST_DEBUG", "cpuguard:5");
-    let run = Running::spawn(cmd);
-    let addr = metrics_addr(&run);
+    let mut run = start(cmd);
+    let addr = metrics_addr(&mut run);
 
-    run.wait_for("worker 2: state ACTIVE");
+    run.wait_stderr("worker 2: state ACTIVE");
     // Let a few samples in.
     let deadline = Instant::now() + HANG;
     let body = loop {
@@ -305,9 +225,9 @@ fn metrics_follow_a_multi_pipeline_run_through_a_cpu_limit_drain() {
     // Over the hard threshold: the parent drains one worker, then calm again.
     host.set_load(0.99);
     // The parent's decision, not a worker's own dry-run log of the same sample.
-    run.wait_for("threshold 0.95: draining worker");
+    run.wait_stderr("threshold 0.95: draining worker");
     host.set_load(0.1);
-    run.wait_for("ended: COMPLETE (cpu-limit)");
+    run.wait_stderr("ended: COMPLETE (cpu-limit)");
     let body = scrape(&addr);
     assert_eq!(
         value(&body, r#"cpuguard_drains_total{reason="cpu-limit"}"#),
@@ -343,7 +263,7 @@ fn metrics_follow_a_multi_pipeline_run_through_a_cpu_limit_drain() {
     );
 
     run.signal(Signal::SIGTERM);
-    let (code, lines, stderr) = run.end();
+    let (code, lines, stderr) = end(run);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(lines.len(), 3, "two workers and the summary");
 
@@ -494,11 +414,11 @@ fn timeline_is_written_when_a_drain_times_out() {
         &pipeline,
     ]);
     cmd.env("GST_DEBUG", "cpuguard:5");
-    let run = Running::spawn(cmd);
-    run.wait_for("state ACTIVE");
+    let mut run = start(cmd);
+    run.wait_stderr("state ACTIVE");
     std::thread::sleep(Duration::from_millis(300));
     run.signal(Signal::SIGTERM);
-    let (code, lines, stderr) = run.end();
+    let (code, lines, stderr) = end(run);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(lines[0]["reason"], "drain-timeout", "{stderr}");
     // Single mode tells the signal and what it did in the debug category.
