@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what cpuguard needs to build, test and demo, if it is missing.
 # Sourced or run; idempotent and quiet when everything is there.
+# `scripts/deps.sh --list` prints the packages, one a line, and installs nothing
+# (tests/fresh_machine.rs checks that they cover every element the demo,
+# examples and tests use).
 set -euo pipefail
 
 packages=(
@@ -9,10 +12,17 @@ packages=(
   gstreamer1.0-tools gstreamer1.0-plugins-base-apps
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  gstreamer1.0-x
   meson ninja-build
   python3-gi gir1.2-gstreamer-1.0
   stress-ng
+  util-linux
 )
+
+if [ "${1:-}" = "--list" ]; then
+  printf '%s\n' "${packages[@]}"
+  exit 0
+fi
 
 missing=()
 for p in "${packages[@]}"; do
