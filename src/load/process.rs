@@ -142,8 +142,31 @@ mod tests {
     fn own_thread_and_process_times_are_readable() {
         let paths = HostPaths::system();
         let pid = i32::try_from(std::process::id()).unwrap();
-        assert!(process_cpu_seconds(&paths, pid).unwrap() >= 0.0);
-        assert!(thread_cpu_seconds(&paths, pid, pid).unwrap() >= 0.0);
+        let tid = nix::unistd::gettid().as_raw();
+        let thread_clock =
+            || Duration::from(clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap());
+        let (process_before, thread_before) = (
+            process_cpu_seconds(&paths, pid).unwrap(),
+            thread_cpu_seconds(&paths, pid, tid).unwrap(),
+        );
+        // 100 ms of CPU on this thread, by its own clock (not wall time, which
+        // a busy machine stretches): ten clock ticks for /proc to count.
+        let start = thread_clock();
+        while thread_clock() - start < Duration::from_millis(100) {
+            std::hint::black_box(0u64);
+        }
+        let burnt = (thread_clock() - start).as_secs_f64();
+        let thread = thread_cpu_seconds(&paths, pid, tid).unwrap() - thread_before;
+        let process = process_cpu_seconds(&paths, pid).unwrap() - process_before;
+        // Whole ticks of 10 ms: at most one lost at each end of the window.
+        assert!(
+            (burnt - 0.021..=burnt + 0.021).contains(&thread),
+            "thread {thread} s for {burnt} s burnt"
+        );
+        assert!(
+            process >= thread - 0.021,
+            "process {process} < thread {thread}"
+        );
         let err = process_cpu_seconds(&HostPaths::under("/nonexistent"), 1).unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/proc/1/stat"),

@@ -1,4 +1,5 @@
-//! Exit codes: a public contract, documented in `--help` and docs/supervisor.md.
+//! Exit codes: a public contract, documented in `--help` and in the README
+//! ("Exit codes").
 
 /// The run ended with status COMPLETE (natural EOS or a finished drain).
 pub const COMPLETE: u8 = 0;

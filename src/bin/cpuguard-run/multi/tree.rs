@@ -3,8 +3,9 @@
 //! is the worker's too.
 //!
 //! Children are found from every `/proc/<pid>/stat`'s parent field rather
-//! than `/proc/<pid>/task/<tid>/children`, which only exists on kernels built
-//! with CONFIG_PROC_CHILDREN (not this one). Always the real `/proc`: `--root`
+//! than `/proc/<pid>/task/<tid>/children`: that file lists only the children
+//! one thread forked (a process needs a read per thread), and exists only on
+//! kernels built with CONFIG_PROC_CHILDREN. Always the real `/proc`: `--root`
 //! fakes the shared load only, a worker's CPU must be its own.
 
 use std::collections::HashMap;
@@ -141,19 +142,33 @@ mod tests {
 
     #[test]
     fn own_process_tree_includes_a_child() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
+        // A child that burns CPU: its time is the tree's too.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "while :; do :; done"])
             .spawn()
-            .expect("sleep runs");
+            .expect("sh runs");
         let me = i32::try_from(std::process::id()).unwrap();
         let paths = HostPaths::system();
         let table = ProcessTable::scan(&paths);
         let found = table.tree(me).contains(&(child.id() as i32));
+        let child_cpu = || process_cpu_seconds(&paths, child.id() as i32).unwrap_or(0.0);
+        // Until the child has used 50 ms (five clock ticks), as /proc counts it.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child_cpu() < 0.05 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Read in this order, each figure can only have grown by the next read.
+        let child_seconds = child_cpu();
+        let alone = process_cpu_seconds(&paths, me).unwrap();
+        let tree = table.cpu_seconds(&paths, me).unwrap();
         let _ = child.kill();
         let _ = child.wait();
         assert!(found, "child not in the tree");
-        // A fresh test process may not have used one clock tick yet.
-        assert!(table.cpu_seconds(&paths, me).is_some_and(|s| s >= 0.0));
+        assert!(child_seconds >= 0.05, "the child burnt {child_seconds} s");
+        assert!(
+            tree >= alone + child_seconds - 0.011,
+            "tree {tree} s < this process {alone} s + child {child_seconds} s"
+        );
         assert_eq!(
             table.cpu_seconds(&HostPaths::under("/nonexistent"), me),
             None

@@ -175,7 +175,31 @@ mod tests {
 
     #[test]
     fn the_last_json_line_is_the_report() {
+        // What a worker prints: the one result line, last (here after a
+        // stray line, and followed by blank ones).
+        let line = r#"{"status":"COMPLETE","reason":"cpu-limit","end_reason":"CPU limit reached","started_at":"2026-12-03T06:00:00.000Z","ended_at":"2026-12-03T06:00:04.500Z","duration_s":4.5,"peak_load":0.97,"last_load":0.97,"error":null,"error_source":null,"error_debug":null,"exit_code":0,"pipeline":"videotestsrc ! cpuguard ! fakesink","cpuguard_elements":["cpuguard0"],"load_source":"system","capacity":2.0,"drain_requested_at":"2026-12-03T06:00:04.300Z","drain":{"reason":"cpu-limit","description":"CPU limit reached","trigger":"hard","element":"cpuguard0","load":0.97,"threshold":0.95,"source":"system","requested_at":"2026-12-03T06:00:04.300Z","completed":true,"duration_s":0.2,"timeout_ms":30000},"states":[{"state":"STARTING","at":"2026-12-03T06:00:00.000Z"},{"state":"COMPLETE","at":"2026-12-03T06:00:04.500Z"}],"signals":[]}"#;
+        let report = parse_report(&format!("{{\"stray\": 1}}\n{line}\n\n")).expect("report");
+        assert_eq!(report.status, crate::report::State::Complete);
+        assert_eq!(report.reason, "cpu-limit");
+        assert_eq!(report.capacity, Some(2.0));
+        let drain = report.drain.expect("drain");
+        assert_eq!(
+            (drain.trigger.as_deref(), drain.completed),
+            (Some("hard"), true)
+        );
+        assert_eq!(report.states.len(), 2);
+        // The same report printed back is the same line.
+        let again = parse_report(line).unwrap().to_line();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&again).unwrap(),
+            serde_json::from_str::<serde_json::Value>(line).unwrap()
+        );
+
         assert!(parse_report("").is_none());
         assert!(parse_report("not json\n").is_none());
+        // A result cut off mid-line (the worker was killed while printing),
+        // or one followed by something else, is no result.
+        assert!(parse_report(&line[..line.len() / 2]).is_none());
+        assert!(parse_report(&format!("{line}\nnot json\n")).is_none());
     }
 }
