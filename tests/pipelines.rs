@@ -40,7 +40,11 @@ fn drain_action_finalizes_audio_and_video_branches() {
         &format!("load-source=system root={}", host.root_str()),
     );
     pipeline.set_state(gst::State::Playing).unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // A sample taken: the recording has run for an interval.
+    wait_for(&pipeline.bus().unwrap(), Duration::from_secs(60), |m| {
+        is_element_message(m, "cpuguard-load")
+    })
+    .expect("a load sample");
     let guard = pipeline.by_name("guard").unwrap();
     let requested = Instant::now();
     assert!(guard.emit_by_name::<bool>("drain", &[&"stop-requested"]));
@@ -81,7 +85,14 @@ fn load_drain_finalizes_the_recording() {
         ),
     );
     pipeline.set_state(gst::State::Playing).unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // Past the unjudged start-up sample, with frames recorded: then overload.
+    let bus = pipeline.bus().unwrap();
+    for _ in 0..5 {
+        wait_for(&bus, Duration::from_secs(60), |m| {
+            is_element_message(m, "cpuguard-load")
+        })
+        .expect("a load sample");
+    }
     host.set_load(0.75);
     let msgs = run_until_end(&pipeline, Duration::from_secs(30));
     pipeline.set_state(gst::State::Null).unwrap();
@@ -110,7 +121,12 @@ fn drain_timeout_posts_error_while_sink_is_blocked() {
          ! appsink name=stuck max-buffers=1 drop=false sync=false emit-signals=false",
     );
     pipeline.set_state(gst::State::Playing).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // PLAYING reached (the appsink prerolled its one buffer, then blocks).
+    let (reached, state, _) = pipeline.state(gst::ClockTime::from_seconds(60));
+    assert_eq!(
+        (reached, state),
+        (Ok(gst::StateChangeSuccess::Success), gst::State::Playing)
+    );
     let guard = pipeline.by_name("guard").unwrap();
     let requested = Instant::now();
     assert!(guard.emit_by_name::<bool>("drain", &[&"stop-requested"]));
@@ -150,7 +166,10 @@ fn completed_drain_posts_no_timeout_error() {
         host.root_str()
     ));
     pipeline.set_state(gst::State::Playing).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for(&pipeline.bus().unwrap(), Duration::from_secs(60), |m| {
+        is_element_message(m, "cpuguard-load")
+    })
+    .expect("a load sample");
     let guard = pipeline.by_name("guard").unwrap();
     assert!(guard.emit_by_name::<bool>("drain", &[&"stop-requested"]));
     let msgs = run_until_end(&pipeline, Duration::from_secs(10));
@@ -337,11 +356,13 @@ fn real_cgroup_quota_reads_saturated_and_drains() {
     let name = format!("cpuguard-test-{}", std::process::id());
     let (cpu_dir, acct_dir) = (cpu.join(&name), cpuacct.join(&name));
     if std::fs::create_dir(&cpu_dir).is_err() {
-        eprintln!(
-            "SKIP: cannot create {} (not root or no v1 cpu controller)",
-            cpu_dir.display()
+        return machine::skip(
+            "real_cgroup_quota_reads_saturated_and_drains",
+            &format!(
+                "cannot create {} (not root or no v1 cpu controller)",
+                cpu_dir.display()
+            ),
         );
-        return;
     }
     let _ = std::fs::create_dir(&acct_dir);
     struct Cleanup(Vec<std::path::PathBuf>);

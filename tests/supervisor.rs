@@ -569,8 +569,10 @@ fn sigterm_drains_when_running_as_pid_1() {
         .stderr(Stdio::null())
         .status();
     if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: cannot create a PID namespace here (needs root and unshare)");
-        return;
+        return machine::skip(
+            "sigterm_drains_when_running_as_pid_1",
+            "cannot create a PID namespace here (needs root and unshare)",
+        );
     }
     let host = FakeHost::new(0.1);
     let dir = tempfile::tempdir().unwrap();

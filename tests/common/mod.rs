@@ -2,6 +2,7 @@
 //! whose /proc/stat reports a load the test chooses, and bus helpers.
 #![allow(dead_code)]
 
+pub mod machine;
 pub mod run;
 
 use gst::prelude::*;

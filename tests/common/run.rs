@@ -170,6 +170,7 @@ impl Run {
 
     /// Waits for a line on `stream` for which `pred` holds; fails (and kills
     /// the run) after `timeout` or when the output closes first.
+    #[track_caller]
     pub fn wait_line(
         &mut self,
         stream: Stream,
@@ -203,11 +204,13 @@ impl Run {
     }
 
     /// Waits until a stderr line contains `needle`.
+    #[track_caller]
     pub fn wait_stderr(&mut self, needle: &str) -> String {
         self.wait_line(Stream::Stderr, HANG, |l| l.contains(needle))
     }
 
     /// A single run's pipeline is PLAYING: signals now act on a running recording.
+    #[track_caller]
     pub fn wait_active(&mut self) {
         self.wait_stderr("state ACTIVE");
     }
@@ -230,6 +233,7 @@ impl Run {
     }
 
     /// Multi-pipeline mode: the result line of worker `id`, as soon as it is printed.
+    #[track_caller]
     pub fn wait_result(&mut self, id: u64) -> Value {
         let line = self.wait_line(Stream::Stdout, HANG, |l| {
             serde_json::from_str::<Value>(l).is_ok_and(|v| v["worker"] == id)
@@ -244,6 +248,7 @@ impl Run {
 
     /// Waits for the process to exit, then for its output; kills it and fails
     /// after `timeout`.
+    #[track_caller]
     pub fn wait_exit(mut self, timeout: Duration) -> Ended {
         let deadline = Instant::now() + timeout;
         let status = loop {

@@ -39,21 +39,31 @@ impl Drop for Burner {
     }
 }
 
-/// Busy and total jiffies of the whole host, from /proc/stat.
+/// Busy and total jiffies of the CPUs this process may run on (all of the
+/// host's, unless `taskset` narrowed them), from /proc/stat's `cpuN` lines:
+/// a burner started from here can only oversubscribe those.
 pub fn host_ticks() -> (u64, u64) {
+    let allowed = crate::common::machine::affinity_set();
     let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .expect("cpu line")
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .map(|v| v.parse().expect("counter"))
-        .collect();
-    let idle = fields[3] + fields[4];
-    let total: u64 = fields.iter().sum();
-    (total - idle, total)
+    let (mut busy, mut all) = (0, 0);
+    for line in stat.lines() {
+        let mut words = line.split_whitespace();
+        let Some(cpu) = words
+            .next()
+            .and_then(|w| w.strip_prefix("cpu"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !allowed.contains(&cpu) {
+            continue;
+        }
+        let fields: Vec<u64> = words.take(8).map(|v| v.parse().expect("counter")).collect();
+        let total: u64 = fields.iter().sum();
+        busy += total - fields[3] - fields[4];
+        all += total;
+    }
+    (busy, all)
 }
 
 /// Busy share of the host between two `host_ticks` readings.
