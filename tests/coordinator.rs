@@ -58,6 +58,37 @@ impl Log {
         }
     }
 
+    /// Waits until the pipelines' CPU, as their latest samples report it,
+    /// ranks them in `order` (heaviest first), each past its start-up samples.
+    fn wait_ranked(&self, order: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ranked = order.iter().all(|p| self.of(p, "cpuguard-load").len() >= 3)
+                && order
+                    .windows(2)
+                    .all(|w| self.last_cpu(w[0]) > self.last_cpu(w[1]));
+            if ranked {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CPU never ranked {order:?}: {:?}",
+                order.iter().map(|p| self.last_cpu(p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for `n` more samples of `pipeline`: bounds a check by samples
+    /// judged, not by time slept.
+    fn wait_more_loads(&self, pipeline: &str, n: usize) {
+        let target = self.of(pipeline, "cpuguard-load").len() + n;
+        self.wait(Duration::from_secs(30), |_| {
+            self.of(pipeline, "cpuguard-load").len() >= target
+        })
+        .unwrap_or_else(|| panic!("{pipeline}: fewer than {n} more samples:\n{}", self.dump()));
+    }
+
     fn last_cpu(&self, pipeline: &str) -> Option<f64> {
         self.of(pipeline, "cpuguard-load")
             .last()
@@ -201,8 +232,8 @@ fn heaviest_pipeline_drains_first_and_alone() {
     );
     play(&[&light, &mid, &heavy]);
 
-    // Let the CPU figures settle over a few samples of calm load.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Calm load until the CPU figures rank the pipelines by their cost.
+    log.wait_ranked(&["heavy", "mid", "light"]);
     let drains = |log: &Log| {
         log.events()
             .into_iter()
@@ -241,10 +272,8 @@ fn heaviest_pipeline_drains_first_and_alone() {
     .unwrap_or_else(|| panic!("heavy did not finish its drain:\n{}", log.dump()));
 
     // Load low again: the others keep running, sampled and undrained.
-    let loads_before = log.of("light", "cpuguard-load").len();
-    std::thread::sleep(Duration::from_millis(1250));
+    log.wait_more_loads("light", 5);
     assert_eq!(drains(&log).len(), 1, "{}", log.dump());
-    assert!(log.of("light", "cpuguard-load").len() > loads_before);
     for p in [&light, &mid] {
         assert_eq!(p.current_state(), gst::State::Playing);
     }
@@ -257,7 +286,8 @@ fn heaviest_pipeline_drains_first_and_alone() {
         })
         .unwrap_or_else(|| panic!("no second drain:\n{}", log.dump()));
     assert_eq!(second.pipeline, "mid", "{}", log.dump());
-    std::thread::sleep(Duration::from_millis(750));
+    // More than hold samples later, light still has not drained.
+    log.wait_more_loads("light", 3);
     assert!(
         log.of("light", "cpuguard-drain").is_empty(),
         "{}",
@@ -279,7 +309,7 @@ fn hard_threshold_drains_heaviest_at_once_then_the_next() {
     let light = burner("light", Duration::from_micros(300), &props, "", &log, None);
     let heavy = burner("heavy", Duration::from_millis(8), &props, "", &log, None);
     play(&[&light, &heavy]);
-    std::thread::sleep(Duration::from_millis(1500));
+    log.wait_ranked(&["heavy", "light"]);
 
     host.set_load(1.0);
     let first = log
@@ -320,7 +350,7 @@ fn one_drain_in_flight_until_its_timeout() {
     );
     let light = burner("light", Duration::from_micros(300), &props, "", &log, None);
     play(&[&light, &stuck]);
-    std::thread::sleep(Duration::from_millis(1500));
+    log.wait_ranked(&["stuck", "light"]);
 
     host.set_load(HIGH);
     let first = log

@@ -3,15 +3,14 @@
 //! `cpuguard-run` run with the manifest's own args drains on SIGTERM (what
 //! the kubelet sends) into a playable file and a COMPLETE result.
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_yaml_ng::Value;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cpuguard-run");
+use common::run::{BIN, HANG, Stream, assert_no_panic, spawn_command};
 /// What cpuguard-run allows itself after giving a drain up (README, Drain timeout).
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -129,26 +128,24 @@ fn cpuguard_run_with_the_manifest_args_drains_on_sigterm() {
     let request = container(&doc)["resources"]["requests"]["cpu"]
         .as_str()
         .unwrap();
-    let mut child = Command::new(BIN)
-        .args(&args)
+    let mut cmd = Command::new(BIN);
+    cmd.args(&args)
         .env("CPUGUARD_CPU_REQUEST", format!("{}m", millicores(request)))
+        // The samples, logged: the SIGTERM goes once the recording has run
+        // for an interval, not after a guessed sleep.
+        .env("GST_DEBUG", "cpuguard:5")
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cpuguard-run starts");
-    std::thread::sleep(Duration::from_secs(3));
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).expect("SIGTERM sent");
-    let started = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("cpuguard-run did not end after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "exit {}:\n{stderr}", out.status);
+        .stderr(Stdio::piped());
+    let mut run = spawn_command(cmd);
+    run.wait_active();
+    run.wait_line(Stream::Stderr, HANG, |l| {
+        l.contains("cpuguard-run: sample: load")
+    });
+    run.signal(Signal::SIGTERM);
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
     let report = option(&args, "--report").expect("--report in args");
     let result: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(report).expect("report written"))

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
+use glib::translate::ToGlibPtr;
 use gst::prelude::*;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A cpuguard with properties set from strings, as gst-launch-1.0 would.
@@ -438,21 +440,81 @@ fn first_sample_covers_start_up_and_is_not_judged() {
     assert_eq!(loads, 2, "samples reported before the drain");
 }
 
+/// Load alternating above and below soft at every sample never reaches
+/// `hold` (release=1: each low sample resets the count); the same load held
+/// above soft drains after exactly `hold` samples. The load is switched by a
+/// sync handler on the sampler thread as each sample is posted, so every
+/// window holds exactly one level, whatever the machine's speed.
 #[test]
 fn oscillating_load_below_hold_never_drains() {
-    let host = FakeHost::new(0.9);
+    const HOLD: usize = 3;
+    const SOFT: f64 = 0.6;
+    let host = Arc::new(FakeHost::new(0.3));
     let e = guard(&[
         ("load-source", v("system")),
         ("root", v(host.root_str())),
-        ("interval", v(100u32)),
-        ("hold", v(100u32)),
+        ("interval", v(50u32)),
+        ("hold", v(HOLD)),
+        ("soft-threshold", v(SOFT)),
+        ("hard-threshold", v(1.0)),
     ]);
     let (mut h, bus) = harness_with_bus(e);
+    // Samples 1..=OSCILLATE alternate high/low; from then on the load stays high.
+    const OSCILLATE: usize = 16;
+    let (loads, drains) = (
+        Arc::new(Mutex::new(Vec::<f64>::new())),
+        Arc::new(Mutex::new(Vec::<usize>::new())),
+    );
+    {
+        let (host, loads, drains) = (host.clone(), loads.clone(), drains.clone());
+        bus.set_sync_handler(move |_, msg| {
+            if is_element_message(msg, "cpuguard-load") {
+                let mut loads = loads.lock().unwrap();
+                loads.push(structure_of(msg).get::<f64>("load").unwrap());
+                let n = loads.len();
+                host.set_load(if n >= OSCILLATE || n % 2 == 1 {
+                    0.9
+                } else {
+                    0.3
+                });
+            } else if is_element_message(msg, "cpuguard-drain") {
+                drains.lock().unwrap().push(loads.lock().unwrap().len());
+            }
+            gst::BusSyncReply::Drop
+        });
+    }
     h.play();
-    let fired = wait_for(&bus, Duration::from_millis(800), |m| {
-        is_element_message(m, "cpuguard-drain")
-    });
-    assert!(fired.is_none(), "drained before hold was reached");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while drains.lock().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no drain once the load held: {:?}",
+            loads.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let loads = loads.lock().unwrap().clone();
+    // The first sample is not judged; after it, the samples alternate, and
+    // the first run of HOLD samples at or above soft is the one that drains.
+    let mut run = 0;
+    let expected = loads
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(i, &load)| {
+            run = if load >= SOFT { run + 1 } else { 0 };
+            (run == HOLD).then_some(i + 1)
+        })
+        .unwrap_or_else(|| panic!("drained without {HOLD} samples above soft: {loads:?}"));
+    assert!(
+        expected > OSCILLATE,
+        "the alternating samples reached hold: {loads:?}"
+    );
+    assert_eq!(
+        drains.lock().unwrap()[0],
+        expected,
+        "drained after the wrong sample: {loads:?}"
+    );
 }
 
 #[test]
@@ -512,16 +574,36 @@ fn soft_above_hard_fails_naming_the_thresholds() {
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
+/// An application in C (or gst-launch-1.0) sets properties through
+/// `g_object_set_property`: GObject refuses an out-of-range value with a
+/// warning and keeps the previous one. glib-rs's own setter would panic
+/// before GObject sees the value, so this goes through the C entry point.
 #[test]
 fn out_of_range_threshold_is_refused_by_the_property() {
     init();
     let e = guard(&[]);
-    // GObject refuses out-of-range values (with a warning naming the property)
-    // and keeps the previous one.
-    let result = std::panic::catch_unwind(|| {
-        e.set_property_from_value("soft-threshold", &1.5f64.to_value())
-    });
-    assert!(result.is_err() || e.property::<f64>("soft-threshold") == 0.85);
+    let set_from_c = |name: &str, value: glib::Value| {
+        let name = std::ffi::CString::new(name).unwrap();
+        // SAFETY: a live object, a NUL-terminated property name and an
+        // initialised GValue, as g_object_set_property requires.
+        unsafe {
+            glib::gobject_ffi::g_object_set_property(
+                e.as_ptr() as *mut glib::gobject_ffi::GObject,
+                name.as_ptr(),
+                value.to_glib_none().0,
+            );
+        }
+    };
+    set_from_c("soft-threshold", 0.5f64.to_value());
+    assert_eq!(e.property::<f64>("soft-threshold"), 0.5, "in range: taken");
+    for refused in [1.5f64, -0.1] {
+        set_from_c("soft-threshold", refused.to_value());
+        assert_eq!(
+            e.property::<f64>("soft-threshold"),
+            0.5,
+            "{refused} must be refused"
+        );
+    }
     let pspec = e.find_property("soft-threshold").unwrap();
     let pspec = pspec.downcast_ref::<glib::ParamSpecDouble>().unwrap();
     assert_eq!((pspec.minimum(), pspec.maximum()), (0.0, 1.0));

@@ -39,6 +39,59 @@ fn fake_load(host: &FakeHost) -> Vec<String> {
     ]
 }
 
+/// The run with the parent's decisions logged (`GST_DEBUG=cpuguard:5`): each
+/// sample and each worker's CPU, which the waits below read.
+fn spawn_logged(a: &[String]) -> Run {
+    let mut cmd = command(a);
+    cmd.env("GST_DEBUG", "cpuguard:5");
+    spawn_command(cmd)
+}
+
+/// A debug line of the parent itself, not one of a worker's forwarded lines
+/// (which the parent prints behind its own `cpuguard-run [time] worker N:`).
+fn parent_line(line: &str, needle: &str) -> bool {
+    !line.starts_with("cpuguard-run [") && line.contains(needle)
+}
+
+/// Waits for the parent's next `n` samples: bounds a check by samples taken,
+/// not by time slept.
+fn wait_parent_samples(run: &mut Run, n: usize) {
+    for _ in 0..n {
+        run.wait_line(Stream::Stderr, HANG, |l| {
+            parent_line(l, "cpuguard-run: sample: load")
+        });
+    }
+}
+
+/// Waits until the parent's own CPU figures rank worker `heaviest` first of
+/// `ids` for two whole samples in a row: past the start-up burst, when the
+/// encodes are ranked by their cost.
+fn wait_ranked_first(run: &mut Run, heaviest: u32, ids: &[u32]) {
+    let mut latest = std::collections::BTreeMap::<u32, f64>::new();
+    let mut streak = 0;
+    while streak < 2 * ids.len() {
+        let line = run.wait_line(Stream::Stderr, HANG, |l| {
+            parent_line(l, "cpuguard-run: worker ") && l.contains(" CPUs (")
+        });
+        let rest = &line[line.find("cpuguard-run: worker ").unwrap() + 21..];
+        let id: u32 = rest.split_whitespace().next().unwrap().parse().unwrap();
+        let cpu: f64 = rest
+            .split(" CPU ")
+            .nth(1)
+            .and_then(|c| c.split_whitespace().next())
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no CPU in {line}"));
+        latest.insert(id, cpu);
+        let first = ids.iter().all(|i| latest.contains_key(i))
+            && ids
+                .iter()
+                .filter(|&&i| i != heaviest)
+                .all(|i| latest[i] < latest[&heaviest]);
+        streak = if first { streak + 1 } else { 0 };
+    }
+    eprintln!("CPU ranking: {latest:?}");
+}
+
 fn pipelines(descriptions: &[String]) -> Vec<String> {
     descriptions
         .iter()
@@ -71,10 +124,9 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
         recording(640, 360, &files[1]),
         recording(1280, 720, &files[2]),
     ]));
-    let mut run = spawn(&a);
+    let mut run = spawn_logged(&a);
     run.wait_workers_active(&[1, 2, 3]);
-    // Past the start-up burst, so CPU ranks the encodes by their cost.
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_ranked_first(&mut run, 3, &[1, 2, 3]);
     host.set_load(0.9);
     let decision = run.wait_stderr("draining worker");
     eprintln!("decision: {decision}");
@@ -98,8 +150,8 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
         "only the heaviest ended: {:?}",
         run.stdout_so_far()
     );
-    // Several more intervals at low load: the others keep recording.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Several more samples at low load: the others keep recording.
+    wait_parent_samples(&mut run, 6);
     assert_eq!(run.stdout_so_far().len(), 1, "{:?}", run.stdout_so_far());
 
     run.signal(Signal::SIGTERM);
@@ -173,9 +225,9 @@ fn stuck_drain_is_killed_after_the_timeout_even_with_load_back_down() {
         "1500",
     ]));
     a.extend(pipelines(&[stuck, recording(160, 120, &light)]));
-    let mut run = spawn(&a);
+    let mut run = spawn_logged(&a);
     run.wait_workers_active(&[1, 2]);
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_ranked_first(&mut run, 1, &[1, 2]);
     host.set_load(0.9);
     let decision = run.wait_stderr("draining worker");
     let drained_at = Instant::now();
@@ -199,7 +251,6 @@ fn stuck_drain_is_killed_after_the_timeout_even_with_load_back_down() {
     assert!(took < Duration::from_secs(8), "killed late: {took:?}");
     assert_eq!(run.stdout_so_far().len(), 1, "the other keeps going");
 
-    std::thread::sleep(Duration::from_millis(500));
     run.signal(Signal::SIGTERM);
     let ended = run.wait_exit(HANG);
     assert_no_panic(&ended);
@@ -232,7 +283,7 @@ fn a_crashing_worker_fails_alone() {
         TINY.to_owned(),
         recording(160, 120, &survivor),
     ]));
-    let mut run = spawn(&a);
+    let mut run = spawn_logged(&a);
     run.wait_workers_active(&[1, 2]);
     let pid = run.worker_pid(1);
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("worker killed");
@@ -242,7 +293,7 @@ fn a_crashing_worker_fails_alone() {
     assert_eq!(str_field(&crashed, "reason"), "error");
     assert_eq!(str_field(&crashed, "error"), "worker killed by SIGKILL");
     assert_eq!(crashed["pid"], pid);
-    std::thread::sleep(Duration::from_millis(1000));
+    wait_parent_samples(&mut run, 4);
     assert_eq!(run.stdout_so_far().len(), 1, "the other keeps going");
 
     run.signal(Signal::SIGTERM);
@@ -263,10 +314,10 @@ fn sigint_stops_every_worker_at_once() {
     let mut a = fake_load(&host);
     a.extend(args(&["--interval", "250", "--release", "2"]));
     a.extend(pipelines(&[TINY.to_owned(), TINY.to_owned()]));
-    let mut run = spawn(&a);
+    let mut run = spawn_logged(&a);
     run.wait_workers_active(&[1, 2]);
     assert!(run.stderr_so_far().contains("release 2"));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_parent_samples(&mut run, 2);
     let sent = run.signal(Signal::SIGINT);
     let ended = run.wait_exit(HANG);
     let took = ended.at - sent;
@@ -300,9 +351,10 @@ fn jobs_wait_for_the_load_to_drop_below_max_utilization() {
         "--jobs",
     ]));
     a.push(jobs.display().to_string());
-    let mut run = spawn(&a);
+    let mut run = spawn_logged(&a);
     run.wait_stderr("admission: load");
-    std::thread::sleep(Duration::from_millis(1000));
+    // Five more samples at high load: still nothing admitted.
+    wait_parent_samples(&mut run, 5);
     assert!(
         !run.stderr_so_far().contains("started: pid"),
         "started under high load:\n{}",
@@ -428,9 +480,12 @@ fn sigusr1_drains_a_single_run_with_reason_cpu_limit() {
         "cpuguard",
         &format!("cpuguard load-source=system root={}", host.root_str()),
     );
-    let mut run = spawn(&args(&[&description]));
+    let mut run = spawn_logged(&args(&[&description]));
     run.wait_stderr("state ACTIVE");
-    std::thread::sleep(Duration::from_millis(500));
+    // A sample taken: the recording has run for an interval.
+    run.wait_line(Stream::Stderr, HANG, |l| {
+        l.contains("cpuguard-run: sample: load")
+    });
     run.signal(Signal::SIGUSR1);
     let ended = run.wait_exit(HANG);
     assert_no_panic(&ended);

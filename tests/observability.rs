@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::run::{Run, assert_no_panic, spawn_command};
+use common::run::{Run, Stream, assert_no_panic, spawn_command};
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -100,7 +100,8 @@ fn fake_system(host: &FakeHost) -> Vec<String> {
 
 #[test]
 fn cpu_request_sets_the_reported_capacity_from_option_or_environment() {
-    // No CPU quota on the test machines: the request is the capacity.
+    // Without a CPU quota the request is the capacity; a quota wins, and
+    // neither goes beyond the CPUs this process may run on.
     let pipeline = "videotestsrc is-live=true num-buffers=20 ! cpuguard interval=100 ! fakesink";
     let out = run(command(&[
         "--cpu-request",
@@ -113,7 +114,11 @@ fn cpu_request_sets_the_reported_capacity_from_option_or_environment() {
     .env("GST_DEBUG", "cpuguard:5"));
     assert_eq!(out.status.code(), Some(0));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["capacity"], 0.25, "{json}");
+    assert_eq!(
+        json["capacity"],
+        machine::expected_capacity(Some(0.25)),
+        "{json}"
+    );
     assert_eq!(json["load_source"], "process");
 
     // The Kubernetes manifest's form: env from the Downward API in millicores.
@@ -121,7 +126,11 @@ fn cpu_request_sets_the_reported_capacity_from_option_or_environment() {
     let out = run(command(&["--dry-run", pipeline]).env("CPUGUARD_CPU_REQUEST", "1500m"));
     assert_eq!(out.status.code(), Some(0));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["capacity"], 1.5, "{json}");
+    assert_eq!(
+        json["capacity"],
+        machine::expected_capacity(Some(1.5)),
+        "{json}"
+    );
     assert_eq!(json["load_source"], "cgroup", "{json}");
 
     // The multi-pipeline parent measures against it too.
@@ -138,7 +147,11 @@ fn cpu_request_sets_the_reported_capacity_from_option_or_environment() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["capacity"], 0.5, "{summary}");
+    assert_eq!(
+        summary["capacity"],
+        machine::expected_capacity(Some(0.5)),
+        "{summary}"
+    );
 
     for (value, why) in [
         ("0", "must be above zero"),
@@ -228,6 +241,9 @@ fn metrics_follow_a_multi_pipeline_run_through_a_cpu_limit_drain() {
     run.wait_stderr("threshold 0.95: draining worker");
     host.set_load(0.1);
     run.wait_stderr("ended: COMPLETE (cpu-limit)");
+    // Its result on stdout: printed once the metrics have counted it (the
+    // line on stderr comes first).
+    run.wait_line(Stream::Stdout, HANG, |l| l.contains("\"cpu-limit\""));
     let body = scrape(&addr);
     assert_eq!(
         value(&body, r#"cpuguard_drains_total{reason="cpu-limit"}"#),
@@ -416,7 +432,7 @@ fn timeline_is_written_when_a_drain_times_out() {
     cmd.env("GST_DEBUG", "cpuguard:5");
     let mut run = start(cmd);
     run.wait_stderr("state ACTIVE");
-    std::thread::sleep(Duration::from_millis(300));
+    run.wait_stderr("cpuguard-run: sample: load 0.100 (system)");
     run.signal(Signal::SIGTERM);
     let (code, lines, stderr) = end(run);
     assert_eq!(code, Some(1), "{stderr}");
