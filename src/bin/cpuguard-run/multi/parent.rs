@@ -889,6 +889,13 @@ fn made_report(
         drain,
         states,
         signals: w.sent.clone(),
+        // Killed or crashed: the worker could not say; what the same rules
+        // decided for its pipeline tells whether its files were kept.
+        crash_safe: w
+            .job
+            .crash_safe
+            .as_ref()
+            .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
     }
 }
 
@@ -917,5 +924,6 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         drain: None,
         states: Vec::new(),
         signals: Vec::new(),
+        crash_safe: job.crash_safe.clone(),
     }
 }
