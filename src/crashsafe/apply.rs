@@ -82,7 +82,10 @@ impl Decision {
         }
         let received = self.received_until_s()?;
         let pending = match self.plan {
-            Plan::Configure(_) => f64::from(self.interval_ms) / 1000.0,
+            // The fragment being filled, and the one being written.
+            Plan::Configure(_) => {
+                2.0 * f64::from(self.interval_ms / policy::FRAGMENTS_PER_INTERVAL) / 1000.0
+            }
             _ => 0.0,
         };
         Some(((received - pending).max(0.0) * 1000.0).round() / 1000.0)

@@ -23,7 +23,15 @@ use std::fmt;
 /// The default bound, in milliseconds: a killed file plays to at most about
 /// this long before the kill.
 pub const DEFAULT_INTERVAL_MS: u32 = 1000;
-pub const MIN_INTERVAL_MS: u32 = 100;
+pub const MIN_INTERVAL_MS: u32 = 200;
+/// Fragments per interval. One fragment per interval would lose up to the
+/// interval plus whatever the encoder and queues hold, and leave nothing
+/// playable when the kill comes before the first fragment is complete
+/// (measured: 2 of 30 SIGKILLs at 0.7-0.95 s left "no playable streams").
+/// A quarter keeps the loss within the interval under overload and puts the
+/// first fragment on disk about 0.3 s in, for about 0.2 % more bytes than one
+/// fragment per second (BENCHMARKS.md).
+pub const FRAGMENTS_PER_INTERVAL: u32 = 4;
 pub const MAX_INTERVAL_MS: u32 = 60_000;
 
 /// The MP4 property that makes the layout fragmented.
@@ -146,7 +154,7 @@ fn mp4_plan(user_set: &[(&str, String)], interval_ms: u32) -> Plan {
     if chosen.is_empty() {
         return Plan::Configure(vec![Setting {
             property: FRAGMENT_DURATION,
-            value: interval_ms.to_string(),
+            value: (interval_ms / FRAGMENTS_PER_INTERVAL).to_string(),
         }]);
     }
     let listed = chosen
@@ -227,15 +235,15 @@ mod tests {
                 plan(factory, &[], 1000),
                 Some(Plan::Configure(vec![Setting {
                     property: FRAGMENT_DURATION,
-                    value: "1000".to_owned()
+                    value: "250".to_owned()
                 }])),
                 "{factory}"
             );
         }
-        let Some(Plan::Configure(settings)) = plan("mp4mux", &[], 250) else {
+        let Some(Plan::Configure(settings)) = plan("mp4mux", &[], 2000) else {
             panic!("not configured");
         };
-        assert_eq!(settings[0].to_string(), "fragment-duration=250");
+        assert_eq!(settings[0].to_string(), "fragment-duration=500");
     }
 
     #[test]
@@ -244,8 +252,8 @@ mod tests {
             Some(Plan::Configure(s)) => s[0].value.parse::<u32>().unwrap(),
             other => panic!("{other:?}"),
         };
-        assert_eq!(value(0), MIN_INTERVAL_MS);
-        assert_eq!(value(u32::MAX), MAX_INTERVAL_MS);
+        assert_eq!(value(0), MIN_INTERVAL_MS / FRAGMENTS_PER_INTERVAL);
+        assert_eq!(value(u32::MAX), MAX_INTERVAL_MS / FRAGMENTS_PER_INTERVAL);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const FRAME: Duration = Duration::from_nanos(1_000_000_000 / 30);
 pub enum Container {
     Mp4,
     Matroska,
+    MpegTs,
 }
 
 impl Container {
@@ -25,13 +26,15 @@ impl Container {
         match self {
             Container::Mp4 => "mp4",
             Container::Matroska => "mkv",
+            Container::MpegTs => "ts",
         }
     }
 
-    fn muxer(self) -> &'static str {
+    pub fn muxer(self) -> &'static str {
         match self {
             Container::Mp4 => "mp4mux",
             Container::Matroska => "matroskamux",
+            Container::MpegTs => "mpegtsmux",
         }
     }
 
@@ -39,6 +42,7 @@ impl Container {
         match self {
             Container::Mp4 => "qtdemux",
             Container::Matroska => "matroskademux",
+            Container::MpegTs => "tsdemux",
         }
     }
 }

@@ -158,7 +158,7 @@ pub struct Cli {
     )]
     pub no_crash_safe: bool,
 
-    /// How much a killed file may lose at most: MP4 fragment length
+    /// How much a killed file may lose at most (MP4 fragments are a quarter of it)
     #[arg(
         long,
         value_name = "DURATION",
@@ -539,7 +539,7 @@ mod tests {
         assert_eq!(err.exit_code(), 2);
         assert!(
             err.to_string()
-                .contains("crash-safe-interval must be between 100 ms"),
+                .contains("crash-safe-interval must be between 200 ms"),
             "{err}"
         );
     }
