@@ -214,3 +214,109 @@ fn matroska_recordings_survive_sigkill_at_random_moments_under_overload() {
 fn mpegts_recordings_survive_sigkill_at_random_moments_under_overload() {
     kills_under_overload(Container::MpegTs, 8, (500, 8000));
 }
+
+/// Crash-safe messages on the bus so far, as (element, action, detail).
+fn crash_safe_messages(bus: &gst::Bus) -> Vec<(String, String, String)> {
+    std::iter::from_fn(|| bus.pop())
+        .filter(|m| common::is_element_message(m, "cpuguard-crash-safe"))
+        .map(|m| {
+            let s = common::structure_of(&m);
+            (
+                s.get::<String>("element").unwrap(),
+                s.get::<String>("action").unwrap(),
+                s.get::<String>("detail").unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The element's `crash-safe` property: off by default; on, it configures
+/// every MP4 muxer of the pipeline when it starts (also the one splitmuxsink
+/// makes), makes their filesinks unbuffered, leaves a layout the pipeline
+/// chose alone, and says so on the bus.
+#[test]
+fn element_configures_the_pipelines_muxers_and_leaves_chosen_layouts_alone() {
+    use gst::prelude::*;
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    let description = |guard: &str| {
+        format!(
+            "videotestsrc is-live=true ! x264enc ! h264parse ! tee name=t \
+             t. ! queue ! cpuguard {guard} ! mp4mux name=plain ! filesink name=out location={a} \
+             t. ! queue ! mp4mux name=chosen faststart=true ! filesink location={b} \
+             t. ! queue ! splitmuxsink name=split location={c}",
+            a = dir.path().join("a.mp4").display(),
+            b = dir.path().join("b.mp4").display(),
+            c = dir.path().join("c%02d.mp4").display(),
+        )
+    };
+    let fragment = |p: &gst::Pipeline, name: &str| {
+        p.by_name(name)
+            .unwrap()
+            .property::<u32>("fragment-duration")
+    };
+
+    // Off by default: nothing touched.
+    let off = gst::parse::launch(&description(""))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    off.set_state(gst::State::Ready).unwrap();
+    assert_eq!(fragment(&off, "plain"), 0);
+    assert!(crash_safe_messages(&off.bus().unwrap()).is_empty());
+    off.set_state(gst::State::Null).unwrap();
+
+    let on = gst::parse::launch(&description("crash-safe=true crash-safe-interval=2000"))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    on.set_state(gst::State::Ready).unwrap();
+    assert_eq!(fragment(&on, "plain"), 500, "a quarter of 2000 ms");
+    assert_eq!(fragment(&on, "chosen"), 0, "left alone");
+    let out = on.by_name("out").unwrap();
+    let mode = glib::EnumValue::from_value(&out.property_value("buffer-mode"))
+        .map(|(_, v)| v.nick().to_owned());
+    assert_eq!(mode.as_deref(), Some("unbuffered"));
+    let split = on.by_name("split").unwrap().downcast::<gst::Bin>().unwrap();
+    let split_muxer = split
+        .iterate_elements()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == "mp4mux"))
+        .expect("splitmuxsink made its muxer");
+    assert_eq!(split_muxer.property::<u32>("fragment-duration"), 500);
+    // A muxer added once the element started (a dynamic pipeline) too.
+    let late = gst::ElementFactory::make("mp4mux")
+        .name("late")
+        .build()
+        .unwrap();
+    on.add(&late).unwrap();
+    assert_eq!(late.property::<u32>("fragment-duration"), 500);
+
+    let messages = crash_safe_messages(&on.bus().unwrap());
+    let find = |element: &str| {
+        messages
+            .iter()
+            .find(|(e, _, _)| e.as_str() == element)
+            .unwrap_or_else(|| panic!("no message for {element}: {messages:?}"))
+    };
+    let plain = find("plain");
+    assert_eq!(plain.1, "configured");
+    assert!(
+        plain.2.contains("fragment-duration=500")
+            && plain
+                .2
+                .contains("sink out: configured: buffer-mode=unbuffered"),
+        "{plain:?}"
+    );
+    let chosen = find("chosen");
+    assert_eq!(chosen.1, "left-alone");
+    assert!(chosen.2.contains("faststart=true"), "{chosen:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|(e, a, _)| e.starts_with("split/") && a == "configured"),
+        "{messages:?}"
+    );
+    on.set_state(gst::State::Null).unwrap();
+}
