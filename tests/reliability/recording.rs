@@ -16,6 +16,8 @@ pub const FRAME: Duration = Duration::from_nanos(1_000_000_000 / 30);
 pub enum Container {
     Mp4,
     Matroska,
+    /// Used by the crash-safety tests (tests/crash_safe.rs).
+    #[allow(dead_code)]
     MpegTs,
 }
 
