@@ -320,3 +320,211 @@ fn element_configures_the_pipelines_muxers_and_leaves_chosen_layouts_alone() {
     );
     on.set_state(gst::State::Null).unwrap();
 }
+
+/// Copies what cpuguard-run writes into a FIFO to a file, until told to
+/// stop reading: from then on the writer (filesink) blocks, as on a stalled
+/// network mount. A FIFO cannot seek either: the muxer gets a sink it cannot
+/// go back in.
+struct StallingReader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: std::sync::mpsc::Sender<()>,
+    fifo: std::path::PathBuf,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StallingReader {
+    fn start(fifo: &Path, copy: &Path) -> StallingReader {
+        let status = std::process::Command::new("mkfifo")
+            .arg(fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(status.success(), "mkfifo {}", fifo.display());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (fifo_path, copy) = (fifo.to_owned(), copy.to_owned());
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut input = std::fs::File::open(&fifo_path).expect("fifo opens");
+            let mut output = std::fs::File::create(&copy).expect("copy");
+            let mut chunk = vec![0u8; 4096];
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                match input.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => output.write_all(&chunk[..n]).expect("copy written"),
+                }
+            }
+            // Keep the FIFO open and unread until the test is done.
+            let _ = released.recv();
+        });
+        StallingReader {
+            stop,
+            release,
+            fifo: fifo.to_owned(),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops reading and returns once the pipe is full: the writer is blocked.
+    fn stall(&self) {
+        use std::os::fd::AsRawFd;
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // A second reader end to look at the pipe's fill level (FIONREAD)
+        // without taking anything out of it.
+        let probe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags_nonblock()
+            .open(&self.fifo)
+            .expect("fifo opens again");
+        let deadline = Instant::now() + HANG;
+        loop {
+            let mut queued: nix::libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int.
+            let rc =
+                unsafe { nix::libc::ioctl(probe.as_raw_fd(), nix::libc::FIONREAD, &mut queued) };
+            assert_eq!(rc, 0, "FIONREAD");
+            // 64 KiB pipe; a writer blocks once less than its next write fits.
+            if queued >= 60_000 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pipe never filled ({queued} bytes)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(nix::libc::O_NONBLOCK)
+    }
+}
+
+impl Drop for StallingReader {
+    fn drop(&mut self) {
+        let _ = self.release.send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A drain that cannot finish because the recording's own sink is blocked
+/// (and cannot seek): FAILED drain-timeout, the result says the file was
+/// kept and up to when, and the file plays both streams that far.
+#[test]
+fn a_drain_that_times_out_on_a_blocked_sink_still_leaves_a_playable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("stalled.mp4");
+    let copy = dir.path().join("copy.mp4");
+    let reader = StallingReader::start(&fifo, &copy);
+    let report = dir.path().join("report.json");
+    let mut run = spawn(&[
+        "--dry-run".to_owned(),
+        "--drain-timeout".to_owned(),
+        "2s".to_owned(),
+        "--report".to_owned(),
+        report.display().to_string(),
+        av_description(Container::Mp4, &fifo, ""),
+    ]);
+    run.wait_active();
+    // How long the recording runs before its sink stalls: its length, not
+    // a synchronization.
+    std::thread::sleep(Duration::from_secs(3));
+    reader.stall();
+    run.signal(Signal::SIGTERM);
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    assert_eq!(ended.code(), Some(1), "stderr:\n{}", ended.stderr);
+    let json = ended.json();
+    assert_eq!(str_field(&json, "status"), "FAILED", "{json}");
+    assert_eq!(str_field(&json, "reason"), "drain-timeout", "{json}");
+    let muxer = &json["crash_safe"][0];
+    assert_eq!(muxer["element"], "mux", "{json}");
+    assert_eq!(muxer["file_kept"], true, "{json}");
+    let kept_until = muxer["kept_until_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no kept_until_s in {json}"));
+    // The report file holds the same final result.
+    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(on_disk["reason"], "drain-timeout");
+    drop(reader);
+    let in_file = play_av(&copy, Container::Mp4)
+        .unwrap_or_else(|e| panic!("the kept file does not play: {e}\n{}", ended.stderr))
+        .video
+        .duration()
+        .expect("video in the kept file");
+    eprintln!(
+        "blocked sink: drain-timeout; kept_until_s {kept_until:.3}, file plays {:.3} s",
+        in_file.as_secs_f64()
+    );
+    assert!(
+        kept_until >= 1.0,
+        "kept_until_s {kept_until} after 3 s recorded"
+    );
+    assert!(
+        in_file.as_secs_f64() + 0.05 >= kept_until,
+        "the file plays {in_file:?}, the result says at least {kept_until} s"
+    );
+}
+
+/// cpuguard-run leaves a layout the pipeline chose alone and says what a
+/// kill will leave (a reservation fails the recording once outgrown: measured
+/// on 1.22, a 3 s reservation failed at about 9 s); --no-crash-safe touches
+/// nothing and says so.
+#[test]
+fn cpuguard_run_leaves_a_chosen_layout_alone_and_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chosen.mp4");
+    let description = format!(
+        "videotestsrc num-buffers=30 ! video/x-raw,width=64,height=64 ! x264enc \
+         ! mp4mux name=mux reserved-max-duration=3000000000 \
+         reserved-moov-update-period=1000000000 ! filesink location={}",
+        file.display()
+    );
+    let ended = spawn(&[description.clone()]).wait_exit(HANG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    assert!(
+        ended.stderr.contains(
+            "crash-safe: mux (mp4mux): left-alone: the pipeline sets \
+             reserved-max-duration=3000000000, reserved-moov-update-period=1000000000; \
+             robust moov"
+        ),
+        "{}",
+        ended.stderr
+    );
+    let json = ended.json();
+    assert_eq!(json["crash_safe"][0]["action"], "left-alone", "{json}");
+    assert_eq!(
+        json["crash_safe"][0]["file_kept"],
+        Value::Null,
+        "finalized: {json}"
+    );
+
+    let plain = dir.path().join("plain.mp4");
+    let ended = spawn(&[
+        "--no-crash-safe".to_owned(),
+        description
+            .replace(
+                "reserved-max-duration=3000000000 reserved-moov-update-period=1000000000",
+                "",
+            )
+            .replace(&file.display().to_string(), &plain.display().to_string()),
+    ])
+    .wait_exit(HANG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    assert!(ended.stderr.contains("crash-safe: off"), "{}", ended.stderr);
+    assert!(
+        !ended.stderr.contains("crash-safe: mux"),
+        "{}",
+        ended.stderr
+    );
+    assert_eq!(ended.json()["crash_safe"], Value::Null);
+}
