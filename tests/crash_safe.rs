@@ -489,7 +489,7 @@ fn cpuguard_run_leaves_a_chosen_layout_alone_and_can_be_turned_off() {
          reserved-moov-update-period=1000000000 ! filesink location={}",
         file.display()
     );
-    let ended = spawn(&[description.clone()]).wait_exit(HANG);
+    let ended = spawn(std::slice::from_ref(&description)).wait_exit(HANG);
     assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
     assert!(
         ended.stderr.contains(
