@@ -245,6 +245,12 @@ pub struct ReportFile {
 
 impl ReportFile {
     pub fn create(path: &Path) -> Result<Self, String> {
+        if path.is_dir() || path.file_name().is_none() {
+            return Err(format!(
+                "cannot write report file {}: is a directory",
+                path.display()
+            ));
+        }
         let file = ReportFile {
             path: path.to_owned(),
         };
