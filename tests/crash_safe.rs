@@ -421,6 +421,7 @@ impl Drop for StallingReader {
 /// kept and up to when, and the file plays both streams that far.
 #[test]
 fn a_drain_that_times_out_on_a_blocked_sink_still_leaves_a_playable_file() {
+    let _cpu = exclusive_cpu();
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("stalled.mp4");
     let copy = dir.path().join("copy.mp4");

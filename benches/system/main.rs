@@ -51,8 +51,8 @@ const FULL: Plan = Plan {
     scale_settle: Duration::from_secs(3),
     scale_window: Duration::from_secs(4),
     scale_rounds: 3,
-    crash_safe_seconds: 30,
-    crash_safe_rounds: 5,
+    crash_safe_seconds: 120,
+    crash_safe_rounds: 9,
 };
 
 const QUICK: Plan = Plan {
@@ -66,8 +66,8 @@ const QUICK: Plan = Plan {
     scale_settle: Duration::from_secs(2),
     scale_window: Duration::from_secs(2),
     scale_rounds: 1,
-    crash_safe_seconds: 10,
-    crash_safe_rounds: 3,
+    crash_safe_seconds: 30,
+    crash_safe_rounds: 5,
 };
 
 fn main() -> ExitCode {
