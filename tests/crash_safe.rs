@@ -285,6 +285,19 @@ fn element_configures_the_pipelines_muxers_and_leaves_chosen_layouts_alone() {
         .find(|e| e.factory().is_some_and(|f| f.name() == "mp4mux"))
         .expect("splitmuxsink made its muxer");
     assert_eq!(split_muxer.property::<u32>("fragment-duration"), 500);
+    let split_sink = split
+        .iterate_elements()
+        .into_iter()
+        .flatten()
+        .find(|e| e.factory().is_some_and(|f| f.name() == "filesink"))
+        .expect("splitmuxsink made its sink");
+    let mode = glib::EnumValue::from_value(&split_sink.property_value("buffer-mode"))
+        .map(|(_, v)| v.nick().to_owned());
+    assert_eq!(
+        mode.as_deref(),
+        Some("unbuffered"),
+        "splitmuxsink's own sink"
+    );
     // A muxer added once the element started (a dynamic pipeline) too.
     let late = gst::ElementFactory::make("mp4mux")
         .name("late")
@@ -528,4 +541,53 @@ fn cpuguard_run_leaves_a_chosen_layout_alone_and_can_be_turned_off() {
         ended.stderr
     );
     assert_eq!(ended.json()["crash_safe"], Value::Null);
+}
+
+/// What cpuguard-run does before the pipeline starts: splitmuxsink then
+/// has its muxer but adds its sink only when it starts; both are configured.
+#[test]
+fn splitmuxsinks_muxer_and_late_sink_are_configured_before_start() {
+    use gst::prelude::*;
+    common::init();
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! x264enc ! h264parse ! splitmuxsink name=split location={}",
+        dir.path().join("p%02d.mp4").display()
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let told = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let lines = told.clone();
+    let protection = gstcpuguard::crashsafe::protect(pipeline.upcast_ref(), 1000, move |d| {
+        lines.lock().unwrap().push(d.describe())
+    });
+    pipeline.set_state(gst::State::Ready).unwrap();
+    let split = pipeline
+        .by_name("split")
+        .unwrap()
+        .downcast::<gst::Bin>()
+        .unwrap();
+    let child = |factory: &str| {
+        split
+            .iterate_elements()
+            .into_iter()
+            .flatten()
+            .find(|e| e.factory().is_some_and(|f| f.name() == factory))
+            .unwrap_or_else(|| panic!("no {factory} in splitmuxsink"))
+    };
+    assert_eq!(child("mp4mux").property::<u32>("fragment-duration"), 250);
+    let mode = glib::EnumValue::from_value(&child("filesink").property_value("buffer-mode"))
+        .map(|(_, v)| v.nick().to_owned());
+    assert_eq!(mode.as_deref(), Some("unbuffered"));
+    let decisions = protection.decisions();
+    assert_eq!(decisions.len(), 1, "{:?}", told.lock().unwrap());
+    assert!(
+        decisions[0]
+            .detail()
+            .contains("configured: buffer-mode=unbuffered"),
+        "{}",
+        decisions[0].describe()
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
 }

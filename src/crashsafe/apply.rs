@@ -143,13 +143,15 @@ pub fn configure(element: &gst::Element, interval_ms: u32) -> Option<Decision> {
     )?;
     set_all(element, &plan);
     let sink = if plan.protected() {
-        downstream_sink(element).and_then(|sink| {
-            let factory = sink.factory()?.name().to_string();
-            let sink_plan =
-                policy::sink_plan(&factory, &user_set(&sink, FILESINK_BUFFER_PROPERTIES))?;
-            set_all(&sink, &sink_plan);
-            Some((sink.name().to_string(), sink_plan))
-        })
+        downstream_sink(element)
+            .or_else(|| splitmux_sink(element))
+            .and_then(|sink| {
+                let factory = sink.factory()?.name().to_string();
+                let sink_plan =
+                    policy::sink_plan(&factory, &user_set(&sink, FILESINK_BUFFER_PROPERTIES))?;
+                set_all(&sink, &sink_plan);
+                Some((sink.name().to_string(), sink_plan))
+            })
     } else {
         None
     };
@@ -204,6 +206,62 @@ fn downstream_sink(element: &gst::Element) -> Option<gst::Element> {
         current = next;
     }
     None
+}
+
+/// splitmuxsink links its muxer to its sink only when it starts: the sink
+/// there is the one child of the same splitmuxsink without source pads.
+fn splitmux_sink(muxer: &gst::Element) -> Option<gst::Element> {
+    let parent = muxer.parent()?.downcast::<gst::Bin>().ok()?;
+    if parent.factory()?.name() != "splitmuxsink" {
+        return None;
+    }
+    parent
+        .iterate_elements()
+        .into_iter()
+        .flatten()
+        .find(|e| e != muxer && e.src_pads().is_empty() && e.sink_pads().len() == 1)
+}
+
+/// A sink splitmuxsink adds after its muxer was configured: the muxer's
+/// sink after all. Configured, and the muxer's decision told again with it.
+fn late_sink(
+    element: &gst::Element,
+    decisions: &Mutex<Vec<Decision>>,
+    told: &(impl Fn(&Decision) + ?Sized),
+) {
+    let Some(parent) = element
+        .parent()
+        .and_then(|p| p.downcast::<gst::Element>().ok())
+    else {
+        return;
+    };
+    if parent.factory().is_none_or(|f| f.name() != "splitmuxsink") || !element.src_pads().is_empty()
+    {
+        return;
+    }
+    let Some(factory) = element.factory().map(|f| f.name().to_string()) else {
+        return;
+    };
+    let prefix = format!("{}/", parent.name());
+    let updated = {
+        let mut decisions = decisions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(decision) = decisions
+            .iter_mut()
+            .find(|d| d.element.starts_with(&prefix) && d.sink.is_none() && d.plan.protected())
+        else {
+            return;
+        };
+        let Some(plan) =
+            policy::sink_plan(&factory, &user_set(element, FILESINK_BUFFER_PROPERTIES))
+        else {
+            return;
+        };
+        set_all(element, &plan);
+        decision.sink = Some((element.name().to_string(), plan));
+        decision.clone()
+    };
+    // Told with no lock held.
+    told(&updated);
 }
 
 /// Keeps `received` at the highest running time of the buffers entering `pad`.
@@ -272,6 +330,7 @@ pub fn protect(
 ) -> Protection {
     let decisions = Arc::new(Mutex::new(Vec::new()));
     let told = Arc::new(told);
+    let (decisions_for_sinks, told_for_sinks) = (decisions.clone(), told.clone());
     let record = {
         let decisions = decisions.clone();
         move |decision: Decision| {
@@ -292,6 +351,8 @@ pub fn protect(
     let handler = bin.connect_deep_element_added(move |_, _, element| {
         if let Some(decision) = configure(element, interval_ms) {
             record(decision);
+        } else {
+            late_sink(element, &decisions_for_sinks, &*told_for_sinks);
         }
     });
     Protection {
