@@ -476,8 +476,10 @@ fn a_drain_that_times_out_on_a_blocked_sink_still_leaves_a_playable_file() {
         .duration()
         .expect("video in the kept file");
     eprintln!(
-        "blocked sink: drain-timeout; kept_until_s {kept_until:.3}, file plays {:.3} s",
-        in_file.as_secs_f64()
+        "blocked sink: drain-timeout; kept_until_s {kept_until:.3}, file plays {:.3} s; \
+         crash_safe: {}",
+        in_file.as_secs_f64(),
+        json["crash_safe"]
     );
     assert!(
         kept_until >= 1.0,
