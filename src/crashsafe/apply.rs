@@ -35,8 +35,8 @@ pub struct Decision {
     pub sink: Option<(String, Plan)>,
     /// The bound, in milliseconds, when configured.
     pub interval_ms: u32,
-    /// Running time of the last buffer the muxer received (ns; `u64::MAX`
-    /// before any): how far a killed file can reach at most.
+    /// Running time of the last buffer the muxer received (ns; `NONE`
+    /// before any): how far a file cut off now can reach at most.
     received: Arc<AtomicU64>,
 }
 
@@ -74,8 +74,9 @@ impl Decision {
     }
 
     /// How far a file cut off now plays at least, in seconds of running
-    /// time: what the muxer received, less the fragment it may not have
-    /// written yet. `None` when unknown or unprotected.
+    /// time: what the muxer received, less the fragment it was filling and
+    /// the one it may still have been writing. `None` when unknown or
+    /// unprotected.
     pub fn kept_until_s(&self) -> Option<f64> {
         if !self.plan.protected() {
             return None;
