@@ -593,3 +593,35 @@ fn splitmuxsinks_muxer_and_late_sink_are_configured_before_start() {
     );
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// Multi-pipeline mode: the parent's `--report` file too holds what it knew
+/// when it was SIGKILLed (summary ACTIVE), never nothing or half a file.
+#[test]
+fn a_sigkilled_multi_pipeline_parent_leaves_its_last_known_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("multi.json");
+    let mut run = spawn(&[
+        "--report".to_owned(),
+        report.display().to_string(),
+        "--pipeline".to_owned(),
+        "videotestsrc is-live=true ! fakesink".to_owned(),
+        "--pipeline".to_owned(),
+        "videotestsrc is-live=true num-buffers=5 ! fakesink".to_owned(),
+    ]);
+    run.wait_workers_active(&[1]);
+    // Worker 2 ends by itself: its result is the last state written.
+    let done = run.wait_result(2);
+    assert_eq!(done["status"], "COMPLETE", "{done}");
+    let worker = run.worker_pid(1);
+    run.signal(Signal::SIGKILL);
+    // The orphaned worker must not outlive the test.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), Signal::SIGKILL);
+    let ended = run.wait_exit(HANG);
+    assert_eq!(ended.code(), None, "killed");
+    let text = std::fs::read_to_string(&report).expect("report file");
+    let json: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert_eq!(json["summary"]["status"], "ACTIVE", "{json}");
+    assert_eq!(json["summary"]["exit_code"], Value::Null, "{json}");
+    assert_eq!(json["workers"][0]["worker"], 2, "{json}");
+    assert_eq!(json["workers"][0]["status"], "COMPLETE", "{json}");
+}
