@@ -625,3 +625,53 @@ fn a_sigkilled_multi_pipeline_parent_leaves_its_last_known_state() {
     assert_eq!(json["workers"][0]["worker"], 2, "{json}");
     assert_eq!(json["workers"][0]["status"], "COMPLETE", "{json}");
 }
+
+/// Past any reservation: a moov reservation the pipeline sets (3 s here,
+/// left alone) fails the recording once outgrown, as measured on 1.22,
+/// which is why crash safety uses fragments; the crash-safe layout records
+/// the same 20 s to the end.
+#[test]
+fn a_recording_longer_than_a_reservation_fails_but_a_crash_safe_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let recording = |muxer: &str, file: &Path| {
+        format!(
+            "videotestsrc num-buffers=600 ! video/x-raw,width=64,height=64,framerate=30/1 \
+             ! x264enc speed-preset=ultrafast ! h264parse ! {muxer} ! filesink location={}",
+            file.display()
+        )
+    };
+    let reserved = dir.path().join("reserved.mp4");
+    let ended = spawn(&[recording(
+        "mp4mux name=mux reserved-max-duration=3000000000 reserved-moov-update-period=1000000000",
+        &reserved,
+    )])
+    .wait_exit(HANG);
+    assert!(
+        ended
+            .stderr
+            .contains("fails once it outgrows reserved-max-duration"),
+        "told on stderr:\n{}",
+        ended.stderr
+    );
+    let json = ended.json();
+    assert_eq!(json["status"], "FAILED", "{json}");
+    assert!(
+        str_field(&json, "error").contains("Not enough free reserved header space"),
+        "{json}"
+    );
+
+    let fragmented = dir.path().join("fragmented.mp4");
+    let ended = spawn(&[recording("mp4mux name=mux", &fragmented)]).wait_exit(HANG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    let json = ended.json();
+    assert_eq!(json["crash_safe"][0]["action"], "configured", "{json}");
+    let played = recording::play(&fragmented, Container::Mp4)
+        .unwrap()
+        .video
+        .duration()
+        .unwrap();
+    assert!(
+        played >= Duration::from_millis(19_900),
+        "20 s recorded, {played:?} plays"
+    );
+}
