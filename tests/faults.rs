@@ -545,6 +545,10 @@ fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
     let killed = run.wait_result(first.into());
     assert_eq!(str_field(&killed, "status"), "FAILED", "{killed}");
     assert!(str_field(&killed, "error").contains("SIGKILL"), "{killed}");
+    // Crash safety (on by default) kept the killed worker's file: the
+    // parent says so from the same rules, and the file plays.
+    assert_eq!(killed["crash_safe"][0]["action"], "configured", "{killed}");
+    assert_eq!(killed["crash_safe"][0]["file_kept"], true, "{killed}");
     // The load is still high: the parent goes on to another worker, and that
     // drain completes normally.
     let second = victim(&run.wait_stderr("draining worker"));
@@ -568,6 +572,7 @@ fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
     assert_eq!(summary["failed"], 1);
     assert_playable(&files[second as usize - 1]);
     assert_playable(&files[last as usize - 1]);
+    assert_playable(&files[first as usize - 1]);
 }
 
 /// The worker named in the parent's "draining worker N (pid …)" line.

@@ -381,9 +381,12 @@ fn without_cpuguard_sigterm_still_drains_with_a_warning() {
 #[test]
 fn pipeline_error_fails_with_its_text() {
     let host = FakeHost::new(0.1);
-    // A full disk, mid-recording.
+    // A full disk, mid-recording: filesink's own buffer (which crash safety
+    // would turn off, failing the very first write) holds the first
+    // 256 KB, so the write error comes once the pipeline is playing.
     let mut run = spawn(&args_of(&format!(
-        "{VIDEO} ! {} ! mp4mux ! filesink location=/dev/full",
+        "{VIDEO} ! {} ! mp4mux ! filesink location=/dev/full buffer-mode=full \
+         buffer-size=262144",
         calm_guard(&host, "")
     )));
     let ended = {

@@ -1,6 +1,6 @@
-//! System benchmarks of cpuguard (items 1–6 of BENCHMARKS.md): per-buffer
-//! overhead, sampler cost, reaction time, drain time, memory and scale, each
-//! against a baseline measured in the same run.
+//! System benchmarks of cpuguard (items 1–7 of BENCHMARKS.md): per-buffer
+//! overhead, sampler cost, reaction time, drain time, memory, scale and the
+//! cost of crash safety, each against a baseline measured in the same run.
 //!
 //! `cargo bench --bench system` (as `scripts/bench.sh` runs it) measures
 //! everything and writes BENCHMARKS.md; `CPUGUARD_BENCH_QUICK=1` makes it
@@ -8,6 +8,7 @@
 //! check of a few seconds.
 
 mod clock;
+mod crash_safe;
 mod per_buffer;
 mod pipeline;
 mod reaction;
@@ -35,6 +36,8 @@ struct Plan {
     scale_settle: Duration,
     scale_window: Duration,
     scale_rounds: usize,
+    crash_safe_seconds: u64,
+    crash_safe_rounds: usize,
 }
 
 const FULL: Plan = Plan {
@@ -48,6 +51,8 @@ const FULL: Plan = Plan {
     scale_settle: Duration::from_secs(3),
     scale_window: Duration::from_secs(4),
     scale_rounds: 3,
+    crash_safe_seconds: 120,
+    crash_safe_rounds: 9,
 };
 
 const QUICK: Plan = Plan {
@@ -61,6 +66,8 @@ const QUICK: Plan = Plan {
     scale_settle: Duration::from_secs(2),
     scale_window: Duration::from_secs(2),
     scale_rounds: 1,
+    crash_safe_seconds: 30,
+    crash_safe_rounds: 5,
 };
 
 fn main() -> ExitCode {
@@ -138,6 +145,16 @@ fn bench() -> Result<(), String> {
         let o = scale::measure(plan.scale_settle, plan.scale_window, plan.scale_rounds)?;
         rows.extend(o.rows);
         details.push(("6. Scale", o.details));
+    }
+    if wanted("7") {
+        step("7. crash safety");
+        let o = crash_safe::measure(
+            plan.crash_safe_seconds,
+            plan.crash_safe_rounds,
+            scratch.path(),
+        )?;
+        rows.extend(o.rows);
+        details.push(("7. Crash safety", o.details));
     }
     step("done");
 

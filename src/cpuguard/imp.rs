@@ -33,6 +33,10 @@ const DEFAULT_INTERVAL_MS: u32 = 1000;
 const MIN_INTERVAL_MS: u32 = 10;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 30_000;
 const DEFAULT_ROOT: &str = "/";
+/// Off: crash safety changes what other elements write (a fragmented MP4, an
+/// unbuffered filesink), which an application must choose; its cost is small
+/// (BENCHMARKS.md, README "Crash safety"). cpuguard-run turns it on.
+const DEFAULT_CRASH_SAFE: bool = false;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -47,6 +51,8 @@ struct Settings {
     root: String,
     /// CPUs; 0 = unset.
     cpu_request: f64,
+    crash_safe: bool,
+    crash_safe_interval_ms: u32,
 }
 
 impl Default for Settings {
@@ -62,6 +68,8 @@ impl Default for Settings {
             dry_run: false,
             root: DEFAULT_ROOT.to_owned(),
             cpu_request: 0.0,
+            crash_safe: DEFAULT_CRASH_SAFE,
+            crash_safe_interval_ms: crate::crashsafe::DEFAULT_INTERVAL_MS,
         }
     }
 }
@@ -149,6 +157,8 @@ pub struct CpuGuard {
     /// GstBaseTransform's `qos` property is on: buffers then take
     /// GstBaseTransform's own chain, which drops late ones (see direct.rs).
     qos: AtomicBool,
+    /// The pipeline's muxers under crash safety, from READY to NULL.
+    protection: Mutex<Option<crate::crashsafe::Protection>>,
 }
 
 impl Default for CpuGuard {
@@ -163,6 +173,7 @@ impl Default for CpuGuard {
             stream_ended: AtomicBool::new(false),
             inject_eos: AtomicBool::new(false),
             qos: AtomicBool::new(false),
+            protection: Mutex::default(),
         }
     }
 }
@@ -623,6 +634,31 @@ impl ObjectImpl for CpuGuard {
                     .default_value(0.0)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("crash-safe")
+                    .nick("Crash safe")
+                    .blurb(
+                        "When the element starts, configure the pipeline's MP4/MOV muxers \
+                         (also inside splitmuxsink) and the filesinks they write to so that a \
+                         kill at any moment (SIGKILL, OOM killer, crash, a drain that never \
+                         finishes) leaves a file playable to within crash-safe-interval: \
+                         fragmented MP4, unbuffered filesink. A muxer or sink whose layout or \
+                         buffering the pipeline set is left alone. One cpuguard-crash-safe \
+                         message per muxer says what was done",
+                    )
+                    .default_value(DEFAULT_CRASH_SAFE)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("crash-safe-interval")
+                    .nick("Crash-safe interval")
+                    .blurb(
+                        "With crash-safe: how much of the recording a kill may lose at most, \
+                         in milliseconds (MP4 fragments are a quarter of it)",
+                    )
+                    .minimum(crate::crashsafe::MIN_INTERVAL_MS)
+                    .maximum(crate::crashsafe::MAX_INTERVAL_MS)
+                    .default_value(crate::crashsafe::DEFAULT_INTERVAL_MS)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -676,6 +712,11 @@ impl ObjectImpl for CpuGuard {
                     .unwrap_or_else(|| DEFAULT_ROOT.to_owned())
             }
             "cpu-request" => settings.cpu_request = value.get().unwrap_or(0.0),
+            "crash-safe" => settings.crash_safe = value.get().unwrap_or(DEFAULT_CRASH_SAFE),
+            "crash-safe-interval" => {
+                settings.crash_safe_interval_ms =
+                    value.get().unwrap_or(crate::crashsafe::DEFAULT_INTERVAL_MS)
+            }
             other => gst::warning!(CAT, imp = self, "No writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "Settings now {:?}", *settings);
@@ -695,6 +736,8 @@ impl ObjectImpl for CpuGuard {
             "load" => self.last_load().to_value(),
             "root" => settings.root.to_value(),
             "cpu-request" => settings.cpu_request.to_value(),
+            "crash-safe" => settings.crash_safe.to_value(),
+            "crash-safe-interval" => settings.crash_safe_interval_ms.to_value(),
             _ => pspec.default_value().clone(),
         }
     }
@@ -738,6 +781,9 @@ impl ElementImpl for CpuGuard {
                  start. \
                  End reason: the cpuguard-end-reason tag (string) is posted on the bus and pushed \
                  downstream before EOS, and the EOS event carries a reason field. \
+                 cpuguard-crash-safe when crash-safe is set, once per muxer configured or \
+                 left alone (element, factory, action: string, configured, already-safe or \
+                 left-alone; detail: string, the settings or why none; protected: boolean). \
                  Action signal: drain(reason: string) -> boolean, drains with that reason, \
                  returns whether a drain started (an element drains at most once). \
                  A drain not completed within drain-timeout posts an ERROR. \
@@ -746,6 +792,22 @@ impl ElementImpl for CpuGuard {
             )
         });
         Some(&*METADATA)
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::NullToReady {
+            self.protect_pipeline();
+        }
+        let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::ReadyToNull {
+            // Taken out first: dropping disconnects from the pipeline.
+            let protection = lock(&self.protection).take();
+            drop(protection);
+        }
+        result
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
@@ -893,6 +955,49 @@ impl BaseTransformImpl for CpuGuard {
 }
 
 impl CpuGuard {
+    /// With crash-safe: configures the muxers of the whole pipeline (the
+    /// topmost bin above us), now and as they are added. Bins bring their
+    /// sinks to READY first, so the muxers downstream are already READY: they
+    /// read these settings when their first buffer comes.
+    fn protect_pipeline(&self) {
+        let settings = self.settings();
+        if !settings.crash_safe {
+            return;
+        }
+        let obj = self.obj();
+        let mut top: Option<gst::Object> = obj.parent();
+        while let Some(parent) = top.as_ref().and_then(|p| p.parent()) {
+            top = Some(parent);
+        }
+        let Some(bin) = top.and_then(|t| t.downcast::<gst::Bin>().ok()) else {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "crash-safe: not in a bin, no muxer to configure"
+            );
+            return;
+        };
+        let element = obj.downgrade();
+        let protection =
+            crate::crashsafe::protect(&bin, settings.crash_safe_interval_ms, move |decision| {
+                let Some(element) = element.upgrade() else {
+                    return;
+                };
+                gst::info!(CAT, obj = element, "{}", decision.describe());
+                let s = gst::Structure::builder("cpuguard-crash-safe")
+                    .field("element", &decision.element)
+                    .field("factory", &decision.factory)
+                    .field("action", decision.plan.action())
+                    .field("detail", decision.detail())
+                    .field("protected", decision.plan.protected())
+                    .build();
+                // Called with no lock of ours held (see crashsafe::protect).
+                let _ =
+                    element.post_message(gst::message::Element::builder(s).src(&element).build());
+            });
+        *lock(&self.protection) = Some(protection);
+    }
+
     /// The EOS went through this element, or every source of the pipeline has
     /// already sent its own: a natural end, which a drain must not turn into
     /// a stop (nor shorten).

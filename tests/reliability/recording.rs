@@ -16,6 +16,9 @@ pub const FRAME: Duration = Duration::from_nanos(1_000_000_000 / 30);
 pub enum Container {
     Mp4,
     Matroska,
+    /// Used by the crash-safety tests (tests/crash_safe.rs).
+    #[allow(dead_code)]
+    MpegTs,
 }
 
 impl Container {
@@ -25,13 +28,15 @@ impl Container {
         match self {
             Container::Mp4 => "mp4",
             Container::Matroska => "mkv",
+            Container::MpegTs => "ts",
         }
     }
 
-    fn muxer(self) -> &'static str {
+    pub fn muxer(self) -> &'static str {
         match self {
             Container::Mp4 => "mp4mux",
             Container::Matroska => "matroskamux",
+            Container::MpegTs => "mpegtsmux",
         }
     }
 
@@ -39,6 +44,7 @@ impl Container {
         match self {
             Container::Mp4 => "qtdemux",
             Container::Matroska => "matroskademux",
+            Container::MpegTs => "tsdemux",
         }
     }
 }

@@ -144,6 +144,30 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub timeline: Option<PathBuf>,
 
+    /// Configure the pipeline's MP4/MOV muxers (also inside splitmuxsink) so
+    /// that a kill at any moment leaves a playable file (the default)
+    #[arg(long, overrides_with = "no_crash_safe")]
+    pub crash_safe: bool,
+
+    /// Leave every muxer as the pipeline describes it: a killed MP4 does not play
+    #[arg(
+        long,
+        env = "CPUGUARD_NO_CRASH_SAFE",
+        overrides_with = "crash_safe",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub no_crash_safe: bool,
+
+    /// How much a killed file may lose at most (MP4 fragments are a quarter of it)
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "CPUGUARD_CRASH_SAFE_INTERVAL",
+        value_parser = crash_safe_interval,
+        default_value = "1s"
+    )]
+    pub crash_safe_interval: u32,
+
     /// Accepted for gst-launch-1.0 compatibility: draining is always on
     #[arg(short = 'e', long = "eos-on-shutdown", hide = true)]
     pub eos_on_shutdown: bool,
@@ -171,6 +195,11 @@ impl Cli {
             root: self.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
             cpu_request: self.cpu_request,
         }
+    }
+
+    /// The crash-safety bound in ms, `None` when crash safety is off.
+    pub fn crash_safe(&self) -> Option<u32> {
+        (!self.no_crash_safe).then_some(self.crash_safe_interval)
     }
 
     /// True for multi-pipeline mode (`--pipeline` or `--jobs`).
@@ -316,6 +345,21 @@ fn utilization(text: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("max-utilization must be between 0 and 1, got {text:?}"))
 }
 
+/// `--crash-safe-interval`: milliseconds or a duration, within the range the
+/// crash-safety rules accept.
+fn crash_safe_interval(text: &str) -> Result<u32, String> {
+    use gstcpuguard::crashsafe::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+    parse_millis(
+        "crash-safe-interval",
+        UIntSpec {
+            min: MIN_INTERVAL_MS,
+            max: MAX_INTERVAL_MS,
+            default: gstcpuguard::crashsafe::DEFAULT_INTERVAL_MS,
+        },
+        text,
+    )
+}
+
 /// A count within the element's range.
 fn count(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u32> {
     move |text: &str| -> Result<u32, String> {
@@ -330,7 +374,11 @@ fn count(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u3
 /// Milliseconds, given as a number or a humantime duration ("500ms", "30s",
 /// "1m 30s"), within the element's range.
 fn millis(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u32> {
-    move |text: &str| -> Result<u32, String> {
+    move |text: &str| parse_millis(name, spec, text)
+}
+
+fn parse_millis(name: &str, spec: UIntSpec, text: &str) -> Result<u32, String> {
+    {
         let text = text.trim();
         let ms = match text.parse::<u64>() {
             Ok(ms) => ms,
@@ -468,6 +516,32 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn crash_safety_is_on_by_default_and_can_be_turned_off() {
+        let on = parse_args(&["fakesrc", "!", "fakesink"]).unwrap();
+        assert_eq!(on.crash_safe(), Some(1000));
+        let off = parse_args(&["--no-crash-safe", "fakesrc", "!", "fakesink"]).unwrap();
+        assert_eq!(off.crash_safe(), None);
+        let last_wins = parse_args(&[
+            "--no-crash-safe",
+            "--crash-safe",
+            "fakesrc",
+            "!",
+            "fakesink",
+        ])
+        .unwrap();
+        assert_eq!(last_wins.crash_safe(), Some(1000));
+        let short = parse_args(&["--crash-safe-interval", "500ms", "fakesrc"]).unwrap();
+        assert_eq!(short.crash_safe(), Some(500));
+        let err = parse_args(&["--crash-safe-interval", "10ms", "fakesrc"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string()
+                .contains("crash-safe-interval must be between 200 ms"),
+            "{err}"
+        );
     }
 
     #[test]

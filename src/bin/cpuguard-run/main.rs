@@ -119,6 +119,21 @@ fn run() -> u8 {
         }
     }
 
+    // Crash safety for the whole pipeline, cpuguard or not; the elements'
+    // own crash-safe property is then redundant (the first to configure a
+    // muxer is the one that reports it).
+    let protection = match cli.crash_safe() {
+        Some(interval) => Some(gstcpuguard::crashsafe::protect(
+            pipeline.upcast_ref(),
+            interval,
+            |decision| progress!("{}", decision.describe()),
+        )),
+        None => {
+            progress!("crash-safe: off (--no-crash-safe): muxers are left as described");
+            None
+        }
+    };
+
     let report_file = match cli.report.as_deref().map(report::ReportFile::create) {
         None => None,
         Some(Ok(file)) => Some(file),
@@ -173,6 +188,7 @@ fn run() -> u8 {
             drain_timeout_ms: (drain_timeout_ms > 0).then_some(drain_timeout_ms),
             worker: cli.worker.is_some(),
             observer,
+            protection,
         },
         &router,
         report::Output::new(report_file),

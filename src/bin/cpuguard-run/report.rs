@@ -2,7 +2,7 @@
 //! Field names and the status, state and reason strings are a public contract.
 
 use std::fs::File;
-use std::io::{Seek, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,6 +127,53 @@ pub struct DrainReport {
     pub timeout_ms: Option<u32>,
 }
 
+/// What crash safety did with one muxer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CrashSafeReport {
+    /// The muxer (`mux`, or `splitmuxsink0/muxer` inside a bin).
+    pub element: String,
+    pub factory: String,
+    /// `configured`, `already-safe` or `left-alone`.
+    pub action: String,
+    /// The settings made (`fragment-duration=1000`), or why none were.
+    pub detail: String,
+    /// The bound in ms for a configured muxer, else null.
+    pub interval_ms: Option<u32>,
+    /// Whether a file cut off at any moment still plays.
+    pub protected: bool,
+    /// Set when the run ended without the file being finalized (FAILED: a
+    /// drain timeout, SIGINT, an error, a killed worker): whether the file
+    /// was kept playable. Null otherwise.
+    pub file_kept: Option<bool>,
+    /// With `file_kept`: the file plays at least up to this many seconds of
+    /// the recording's running time, where known.
+    pub kept_until_s: Option<f64>,
+}
+
+impl CrashSafeReport {
+    pub fn from_decision(decision: &gstcpuguard::crashsafe::Decision) -> Self {
+        use gstcpuguard::crashsafe::Plan;
+        CrashSafeReport {
+            element: decision.element.clone(),
+            factory: decision.factory.clone(),
+            action: decision.plan.action().to_owned(),
+            detail: decision.detail(),
+            interval_ms: matches!(decision.plan, Plan::Configure(_))
+                .then_some(decision.interval_ms),
+            protected: decision.plan.protected(),
+            file_kept: None,
+            kept_until_s: None,
+        }
+    }
+
+    /// The run ended without finalizing the file: say whether it was kept.
+    pub fn escalated(mut self, kept_until_s: Option<f64>) -> Self {
+        self.file_kept = Some(self.protected);
+        self.kept_until_s = if self.protected { kept_until_s } else { None };
+        self
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// `COMPLETE` or `FAILED`.
@@ -164,6 +211,9 @@ pub struct Report {
     pub states: Vec<StateChange>,
     /// Every handled signal received, in order.
     pub signals: Vec<SignalReport>,
+    /// Crash safety per muxer; null when it was off (`--no-crash-safe`).
+    #[serde(default)]
+    pub crash_safe: Option<Vec<CrashSafeReport>>,
 }
 
 impl Report {
@@ -184,40 +234,74 @@ impl Report {
     }
 }
 
-/// The `--report` file, created before the pipeline starts so that a path
-/// that cannot be written is a usage error rather than a lost result.
+/// The `--report` file. Every write goes to a temporary file in the same
+/// directory, synced, then renamed over the report: a reader (or a SIGKILL at
+/// any moment) sees the previous complete JSON or the next one, never an
+/// empty or cut-off file. Checked before the pipeline starts (a path that
+/// cannot be written is a usage error rather than a lost result).
 pub struct ReportFile {
     path: PathBuf,
-    file: File,
 }
 
 impl ReportFile {
     pub fn create(path: &Path) -> Result<Self, String> {
-        let file = File::create(path)
-            .map_err(|err| format!("cannot write report file {}: {err}", path.display()))?;
-        Ok(ReportFile {
+        if path.is_dir() || path.file_name().is_none() {
+            return Err(format!(
+                "cannot write report file {}: is a directory",
+                path.display()
+            ));
+        }
+        let file = ReportFile {
             path: path.to_owned(),
-            file,
-        })
+        };
+        // Proves the directory takes a temporary file and the rename, without
+        // touching an existing report until there is something to say.
+        let probe = file.temporary();
+        File::create(&probe)
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|err| format!("cannot write report file {}: {err}", path.display()))?;
+        Ok(file)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn write(self, report: &Report) -> Result<(), String> {
+    /// `.NAME.PID.tmp` next to the report: same file system, so the rename is atomic.
+    fn temporary(&self) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
+        self.path
+            .with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    }
+
+    pub fn write(&self, report: &Report) -> Result<(), String> {
         self.write_value(report)
     }
 
     /// Any result (multi-pipeline mode writes its workers and summary), pretty JSON.
-    pub fn write_value(mut self, value: &impl Serialize) -> Result<(), String> {
+    pub fn write_value(&self, value: &impl Serialize) -> Result<(), String> {
         let text = serde_json::to_string_pretty(value).map_err(|err| err.to_string())?;
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.rewind())
-            .and_then(|()| writeln!(self.file, "{text}"))
-            .and_then(|()| self.file.sync_all())
-            .map_err(|err| format!("cannot write report file {}: {err}", self.path.display()))
+        let temporary = self.temporary();
+        let written = File::create(&temporary)
+            .and_then(|mut file| {
+                writeln!(file, "{text}")?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&temporary, &self.path))
+            .and_then(|()| {
+                // The rename itself is durable once the directory is synced.
+                match self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    Some(dir) => File::open(dir)?.sync_all(),
+                    None => File::open(".")?.sync_all(),
+                }
+            });
+        written.map_err(|err| {
+            let _ = std::fs::remove_file(&temporary);
+            format!("cannot write report file {}: {err}", self.path.display())
+        })
     }
 }
 
@@ -241,6 +325,27 @@ impl Output {
             file: Mutex::new(file),
             emitted: AtomicBool::new(false),
         })
+    }
+
+    /// Writes the run's state so far to the report file (not stdout), so
+    /// that a run killed before its end leaves its last known state on disk.
+    /// `exit_code` is null in such a snapshot. Nothing once the result was emitted.
+    pub fn update(&self, report: &Report) {
+        let file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(file) = file.as_ref() else {
+            return;
+        };
+        if self.emitted.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut value = match serde_json::to_value(report) {
+            Ok(value) => value,
+            Err(_) => return,
+        };
+        value["exit_code"] = serde_json::Value::Null;
+        if let Err(err) = file.write_value(&value) {
+            crate::progress::line(format_args!("warning: {err}"));
+        }
     }
 
     /// Prints `report` and writes the report file; does nothing if a report

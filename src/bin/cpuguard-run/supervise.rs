@@ -38,7 +38,8 @@ use crate::log::CAT;
 use crate::observe::Observer;
 use crate::progress::progress;
 use crate::report::{
-    DrainReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons, round_ms,
+    CrashSafeReport, DrainReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons,
+    round_ms,
 };
 use crate::signals::Router;
 
@@ -70,7 +71,13 @@ pub struct Setup {
     /// dry-run and no-cpuguard notes would only mislead.
     pub worker: bool,
     pub observer: Observer,
+    /// The muxers made crash-safe; `None` with `--no-crash-safe`.
+    pub protection: Option<gstcpuguard::crashsafe::Protection>,
 }
+
+/// How often the report file is refreshed with the latest load while running
+/// (state changes are written at once).
+const REPORT_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 struct Outcome {
@@ -91,6 +98,9 @@ struct Supervisor {
     drain_timeout_ms: Option<u32>,
     worker: bool,
     observer: Observer,
+    protection: Option<gstcpuguard::crashsafe::Protection>,
+    /// When the report file was last refreshed.
+    reported: std::time::Instant,
     main_loop: glib::MainLoop,
     output: Arc<Output>,
     me: Weak<RefCell<Supervisor>>,
@@ -127,6 +137,8 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             drain_timeout_ms: setup.drain_timeout_ms,
             worker: setup.worker,
             observer: setup.observer,
+            protection: setup.protection,
+            reported: std::time::Instant::now(),
             main_loop: main_loop.clone(),
             output,
             me: me.clone(),
@@ -204,6 +216,26 @@ impl Supervisor {
             at: now.rfc3339(),
         });
         progress!("state {}{detail}", state.as_str());
+        self.refresh_report();
+    }
+
+    /// Writes the state so far to the report file, so that a SIGKILL leaves
+    /// the last known state on disk. The final result is written by `emit`.
+    fn refresh_report(&mut self) {
+        if self.outcome.is_none() {
+            self.reported = std::time::Instant::now();
+            let snapshot = self.report_with(Outcome {
+                status: self.state,
+                reason: String::new(),
+                end_reason: String::new(),
+                error: None,
+                error_source: None,
+                error_debug: None,
+                exit_code: 0,
+                at: Stamp::now(),
+            });
+            self.output.update(&snapshot);
+        }
     }
 
     fn start(&mut self) {
@@ -367,6 +399,9 @@ impl Supervisor {
             self.load_source.as_deref().unwrap_or("unknown"),
             self.capacity.unwrap_or(0.0)
         );
+        if self.reported.elapsed() >= REPORT_REFRESH {
+            self.refresh_report();
+        }
         self.observer.sample(
             std::time::Instant::now(),
             load,
@@ -836,7 +871,7 @@ impl Supervisor {
 
     fn report(&self) -> Report {
         let now = Stamp::now();
-        let outcome = self.outcome.clone().unwrap_or_else(|| Outcome {
+        self.report_with(self.outcome.clone().unwrap_or_else(|| Outcome {
             // Only reachable if the main loop stopped without an outcome.
             status: State::Failed,
             reason: reasons::ERROR.to_owned(),
@@ -846,6 +881,28 @@ impl Supervisor {
             error_debug: None,
             exit_code: exit::FAILED,
             at: now,
+        }))
+    }
+
+    /// The report for `outcome` (the final one, or the state so far).
+    fn report_with(&self, outcome: Outcome) -> Report {
+        let now = Stamp::now();
+        // FAILED: the pipeline went to NULL without the muxers finalizing
+        // (or not all of them): say which files were kept, and up to when.
+        let escalated = outcome.status == State::Failed;
+        let crash_safe = self.protection.as_ref().map(|protection| {
+            protection
+                .decisions()
+                .iter()
+                .map(|d| {
+                    let entry = CrashSafeReport::from_decision(d);
+                    if escalated {
+                        entry.escalated(d.kept_until_s())
+                    } else {
+                        entry
+                    }
+                })
+                .collect()
         });
         let round_load = |v: f64| (v * 10_000.0).round() / 10_000.0;
         let drain = self.drain.as_ref().map(|d| DrainReport {
@@ -882,6 +939,7 @@ impl Supervisor {
             drain,
             states: self.states.clone(),
             signals: self.signals.clone(),
+            crash_safe,
         }
     }
 }

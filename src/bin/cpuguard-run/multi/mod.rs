@@ -50,6 +50,9 @@ pub struct Job {
     /// cpuguard elements allow, else the element default; `None` = forever.
     pub drain_timeout_ms: Option<u32>,
     pub cpuguard_elements: Vec<String>,
+    /// What crash safety does with the job's muxers (the worker applies the
+    /// same rules); null when off.
+    pub crash_safe: Option<Vec<crate::report::CrashSafeReport>>,
 }
 
 /// Everything the parent needs, checked before any worker starts.
@@ -171,7 +174,17 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
                 .reduce(|a, b| if a == 0 || b == 0 { 0 } else { a.max(b) })
                 .unwrap_or(spec.drain_timeout.default)
         });
+        // Planned here on the parsed pipeline, never started: the worker
+        // decides the same for its own copy.
+        let crash_safe = cli.crash_safe().map(|interval| {
+            gstcpuguard::crashsafe::protect(pipeline.upcast_ref(), interval, |_| {})
+                .decisions()
+                .iter()
+                .map(crate::report::CrashSafeReport::from_decision)
+                .collect()
+        });
         jobs.push(Job {
+            crash_safe,
             id,
             description,
             origin,
@@ -227,6 +240,13 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     );
     forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
     forward("drain-timeout", Some("0".to_owned()));
+    forward(
+        "crash-safe-interval",
+        Some(format!("{}ms", cli.crash_safe_interval)),
+    );
+    if cli.crash_safe().is_none() {
+        worker_args.push("--no-crash-safe".into());
+    }
 
     let interval_ms = cli.interval.unwrap_or(spec.interval.default);
     progress!(

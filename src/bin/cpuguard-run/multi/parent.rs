@@ -223,6 +223,7 @@ impl Parent {
         if self.admission.max().is_none() {
             self.start_waiting(self.waiting.len());
         }
+        self.refresh_report();
         let mut next_sample = Instant::now() + self.interval;
         while !(self.waiting.is_empty() && self.workers.is_empty()) {
             let wake = self
@@ -702,7 +703,11 @@ impl Parent {
             cpu_s: cpu_s.map(round_ms),
             report,
         };
-        match serde_json::to_string(&result) {
+        let line = serde_json::to_string(&result);
+        self.results.push(result);
+        // The report file first: once the line is out, the file has it too.
+        self.refresh_report();
+        match line {
             Ok(line) => {
                 if !print_line(&line) {
                     crate::progress::fatal_line(format_args!("cannot print a result on stdout"));
@@ -710,11 +715,10 @@ impl Parent {
             }
             Err(err) => progress!("worker {id}: cannot serialize its result: {err}"),
         }
-        self.results.push(result);
     }
 
-    fn finish(self) -> u8 {
-        let ended = Stamp::now();
+    /// The summary of the results so far.
+    fn summary(&self, ended: Stamp) -> Summary {
         let complete = self
             .results
             .iter()
@@ -730,7 +734,7 @@ impl Parent {
             _ if all_complete => exit::COMPLETE,
             _ => exit::FAILED,
         };
-        let summary = Summary {
+        Summary {
             summary: true,
             workers: self.results.len(),
             complete,
@@ -750,7 +754,37 @@ impl Parent {
             capacity: (self.meter.capacity() * 1000.0).round() / 1000.0,
             signals: self.signals.clone(),
             sampling: self.sampling.clone(),
+        }
+    }
+
+    /// Writes the results so far to the report file, with the summary's
+    /// status `ACTIVE` (`ENDING` once stopping) and a null exit code, so that
+    /// a parent killed before its end leaves what it knew. The final
+    /// contents replace it.
+    fn refresh_report(&self) {
+        let Some(file) = &self.report_file else {
+            return;
         };
+        let mut summary = self.summary(Stamp::now());
+        summary.status = if self.stopping.is_some() {
+            State::Ending
+        } else {
+            State::Active
+        };
+        let Ok(mut summary) = serde_json::to_value(&summary) else {
+            return;
+        };
+        summary["exit_code"] = serde_json::Value::Null;
+        let contents = serde_json::json!({"workers": &self.results, "summary": summary});
+        if let Err(err) = file.write_value(&contents) {
+            progress!("warning: {err}");
+        }
+    }
+
+    fn finish(self) -> u8 {
+        let ended = Stamp::now();
+        let summary = self.summary(ended);
+        let (complete, exit_code) = (summary.complete, summary.exit_code);
         if let Ok(line) = serde_json::to_string(&summary) {
             print_line(&line);
         }
@@ -889,6 +923,13 @@ fn made_report(
         drain,
         states,
         signals: w.sent.clone(),
+        // Killed or crashed: the worker could not say; what the same rules
+        // decided for its pipeline tells whether its files were kept.
+        crash_safe: w
+            .job
+            .crash_safe
+            .as_ref()
+            .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
     }
 }
 
@@ -917,5 +958,6 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         drain: None,
         states: Vec::new(),
         signals: Vec::new(),
+        crash_safe: job.crash_safe.clone(),
     }
 }
