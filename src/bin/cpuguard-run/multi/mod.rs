@@ -227,6 +227,9 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     );
     forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
     forward("drain-timeout", Some("0".to_owned()));
+    if cli.drain_non_live {
+        worker_args.push("--drain-non-live".into());
+    }
 
     let interval_ms = cli.interval.unwrap_or(spec.interval.default);
     progress!(
