@@ -384,7 +384,7 @@ fn real_cgroup_quota_reads_saturated_and_drains() {
     let script = format!(
         "{join} && exec gst-launch-1.0 -e -m videotestsrc num-buffers=100000 \
          ! video/x-raw,width=640,height=480 ! x264enc speed-preset=medium ! cpuguard \
-         load-source=cgroup interval=500 hold=3 ! fakesink"
+         load-source=cgroup interval=500 hold=3 drain-non-live=true ! fakesink"
     );
     let output = Command::new("timeout")
         .args(["60", "sh", "-c", &script])

@@ -4,17 +4,21 @@
 //! `gst-launch-1.0 -e` does on Ctrl-C), so encoders flush and every muxer in
 //! every branch finalizes its file, not only the branch cpuguard sits in.
 //!
-//! Unlike `gst-launch-1.0 -e` we do not use `gst_element_send_event`: it holds
-//! the receiver's state lock while a live `basesrc` waits for its streaming
-//! thread to take the EOS. With a blocked sink that wait never ends, and the
-//! application can then not even set the pipeline to NULL (the state change
-//! needs that lock): a deadlock. Instead each source pad gets an IDLE probe
-//! that pushes EOS the moment the pad is not pushing: at once from a pool
-//! thread when it is idle, else from the streaming thread right after its
-//! current push. No state lock is held, a stuck branch holds up nobody, and a
-//! NULL state change flushes whatever is stuck.
+//! Unlike `gst-launch-1.0 -e` we do not send the EOS to a source pushing
+//! data with `gst_element_send_event`: it holds the receiver's state lock
+//! while a live `basesrc` waits for its streaming thread to take the EOS.
+//! With a blocked sink that wait never ends, and the application can then not
+//! even set the pipeline to NULL (the state change needs that lock): a
+//! deadlock. Instead each pushing pad gets an IDLE probe that pushes EOS the
+//! moment the pad is not pushing: at once from a pool thread when it is idle,
+//! else from the streaming thread right after its current push. No state lock
+//! is held, a stuck branch holds up nobody, and a NULL state change flushes
+//! whatever is stuck. A source that is pulled from has no streaming thread of
+//! its own to wait for: it gets the EOS as an event, which it answers the
+//! puller's next read with (see [`Origin`]).
 
 use gst::prelude::*;
+use gst_base::prelude::*;
 
 /// The outermost bin holding `element`, or `None` when it stands alone (e.g. in a Harness).
 pub fn top_level(element: &gst::Element) -> Option<gst::Element> {
@@ -30,85 +34,225 @@ pub fn top_level(element: &gst::Element) -> Option<gst::Element> {
     top
 }
 
-/// Pushes one EOS (one seqnum) out of every source pad below `top`. Never
-/// blocks the caller: the probes are installed from a GStreamer pool thread.
-/// `refused` runs for each pad that did not take the EOS (flushing, already EOS).
-/// Returns how many source pads were found.
-pub fn push_eos_from_sources<F>(top: &gst::Element, refused: F) -> usize
-where
-    F: Fn(&gst::Pad) + Clone + Send + Sync + 'static,
-{
-    let eos = gst::event::Eos::new();
-    let mut sources = Vec::new();
-    match top.downcast_ref::<gst::Bin>() {
+/// Where the data of a pipeline comes from, and so where a drain's EOS must
+/// go in.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A pad that pushes data downstream: a source's pad in push mode, or the
+    /// output of an element that feeds itself (an adaptive demuxer such as
+    /// `hlsdemux` downloads its fragments with sources of its own and ignores
+    /// an EOS from upstream). The EOS is pushed out of it.
+    Push(gst::Pad),
+    /// A source that a downstream element pulls from (`filesrc ! qtdemux`,
+    /// `decodebin`, `uridecodebin file://`): an EOS pushed into the puller
+    /// is ignored, so the source is told to end, and the puller's next read
+    /// returns EOS, which it then sends downstream itself (what
+    /// `gst-launch-1.0 -e` achieves by sending EOS to the pipeline).
+    Pull(gst::Element),
+}
+
+/// The origins of `top`'s data. A source nested inside an element that has
+/// sink pads (hlsdemux's fragment downloaders) is that element's business:
+/// the element's own output pads stand for it.
+pub fn origins(top: &gst::Element) -> Vec<Origin> {
+    let sources: Vec<gst::Element> = match top.downcast_ref::<gst::Bin>() {
         Some(bin) => {
+            let mut sources = Vec::new();
             let mut iter = leaf_sources(bin);
             // A resync means the bin changed while we looked: start over.
             while let Err(gst::IteratorError::Resync) = iter.foreach(|s| sources.push(s)) {
                 sources.clear();
                 iter.resync();
             }
+            sources
         }
-        None => sources.push(top.clone()),
+        None => vec![top.clone()],
+    };
+    let mut origins = Vec::new();
+    let mut feeders: Vec<gst::Element> = Vec::new();
+    for source in sources {
+        if let Some(feeder) = self_feeding_ancestor(&source, top) {
+            if !feeders.contains(&feeder) {
+                origins.extend(feeder.src_pads().into_iter().map(Origin::Push));
+                feeders.push(feeder);
+            }
+            continue;
+        }
+        let pads = source.src_pads();
+        if pads.iter().any(|p| p.mode() == gst::PadMode::Pull) {
+            origins.push(Origin::Pull(source));
+        } else {
+            origins.extend(pads.into_iter().map(Origin::Push));
+        }
     }
-    let pads: Vec<gst::Pad> = sources.iter().flat_map(|s| s.src_pads()).collect();
-    let count = pads.len();
-    if let Some(first) = sources.first() {
-        first.call_async(move |_| {
-            for pad in pads {
-                let eos = eos.clone();
-                let refused = refused.clone();
-                pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
-                    // While an IDLE probe runs the pad is blocked, and an event
-                    // pushed on it would only be stored as sticky; the source
-                    // cannot push meanwhile, so hand the EOS straight to the peer.
-                    let sent = pad.peer().is_some_and(|peer| peer.send_event(eos.clone()));
-                    if !sent {
-                        refused(pad);
+    origins
+}
+
+/// The outermost element between `source` and `top` that has sink pads: one
+/// that consumes data and runs sources of its own inside.
+fn self_feeding_ancestor(source: &gst::Element, top: &gst::Element) -> Option<gst::Element> {
+    let mut found = None;
+    let mut current = source.parent();
+    while let Some(object) = current {
+        let Ok(element) = object.downcast::<gst::Element>() else {
+            break;
+        };
+        if &element == top {
+            break;
+        }
+        if !element.sink_pads().is_empty() {
+            found = Some(element.clone());
+        }
+        current = element.parent();
+    }
+    found
+}
+
+/// Sends one EOS (one seqnum) into every origin of `top` (see [`origins`]).
+/// Never blocks the caller: the work is done from a GStreamer pool thread.
+/// `refused` runs for each push origin that did not take the EOS (flushing,
+/// already EOS). Returns how many origins were found.
+pub fn push_eos_from_sources<F>(top: &gst::Element, refused: F) -> usize
+where
+    F: Fn(&gst::Pad) + Clone + Send + Sync + 'static,
+{
+    let eos = gst::event::Eos::new();
+    let origins = origins(top);
+    let count = origins.len();
+    if count > 0 {
+        top.call_async(move |_| {
+            for origin in origins {
+                match origin {
+                    Origin::Push(pad) => {
+                        // An origin that already sent its EOS has data still
+                        // on its way (queues, download buffers): the EOS goes
+                        // in where that data now is.
+                        let pads = if pad.pad_flags().contains(gst::PadFlags::EOS) {
+                            frontier(&pad)
+                        } else {
+                            vec![pad]
+                        };
+                        for pad in pads {
+                            push_eos_after(&pad, eos.clone(), refused.clone());
+                        }
                     }
-                    gst::PadProbeReturn::Remove
-                });
+                    // GstBaseSrc in pull mode keeps the EOS and answers the
+                    // next read with it; it waits for no streaming thread of
+                    // its own, so no state lock is held for long.
+                    Origin::Pull(source) => {
+                        source.send_event(eos.clone());
+                    }
+                }
             }
         });
     }
     count
 }
 
-/// True when every source of `top` has already sent its own EOS (a file
-/// source at its end, `num-buffers` reached): the pipeline is ending by
-/// itself, and a drain would only cut off what is still on its way to the
-/// sinks. Reads pad flags only, so it never waits on a stream lock.
-pub fn natural_end_under_way(top: &gst::Element) -> bool {
-    let Some(bin) = top.downcast_ref::<gst::Bin>() else {
-        return false;
-    };
-    let mut seen_any = false;
-    let mut iter = leaf_sources(bin);
-    loop {
-        match iter.next() {
-            Ok(Some(source)) => {
-                let pads = source.src_pads();
-                if pads.is_empty() {
-                    return false;
-                }
-                seen_any = true;
-                if !pads
-                    .iter()
-                    .all(|pad| pad.pad_flags().contains(gst::PadFlags::EOS))
-                {
-                    return false;
-                }
+/// Pushes `eos` to the peer of `pad` the moment `pad` is not pushing.
+fn push_eos_after<F>(pad: &gst::Pad, eos: gst::Event, refused: F)
+where
+    F: Fn(&gst::Pad) + Send + Sync + 'static,
+{
+    pad.add_probe(gst::PadProbeType::IDLE, move |pad, _| {
+        // While an IDLE probe runs the pad is blocked, and an event pushed on
+        // it would only be stored as sticky; its element cannot push
+        // meanwhile, so hand the EOS straight to the peer.
+        let sent = pad.peer().is_some_and(|peer| peer.send_event(eos.clone()));
+        if !sent {
+            refused(pad);
+        }
+        gst::PadProbeReturn::Remove
+    });
+}
+
+/// The pads downstream of `pad` (which has sent EOS) through which data
+/// still flows: following links and each element's internal links (ghost
+/// pads included), the first source pads that have not seen EOS yet.
+fn frontier(pad: &gst::Pad) -> Vec<gst::Pad> {
+    let mut found = Vec::new();
+    let mut seen: Vec<gst::Pad> = Vec::new();
+    let mut todo = vec![pad.clone()];
+    while let Some(src) = todo.pop() {
+        if seen.contains(&src) || seen.len() > 1000 {
+            continue;
+        }
+        seen.push(src.clone());
+        if !src.pad_flags().contains(gst::PadFlags::EOS) {
+            found.push(src);
+            continue;
+        }
+        let Some(sink) = src.peer() else { continue };
+        let mut links = sink.iterate_internal_links();
+        loop {
+            match links.next() {
+                Ok(Some(next)) => todo.push(next),
+                Ok(None) => break,
+                Err(gst::IteratorError::Resync) => links.resync(),
+                Err(gst::IteratorError::Error) => break,
             }
-            Ok(None) => return seen_any,
-            // The bin changed while we looked: not known to be ending.
-            Err(_) => return false,
         }
     }
+    found
+}
+
+/// Media still to play after every origin has sent its EOS, beyond which
+/// the end is not "natural" but a backlog that a drain must cut: a download
+/// buffer holding the rest of a file or playlist, not the second or two that
+/// queues hold.
+const NATURAL_END_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(3);
+
+/// True when every origin of `top` has already sent its own EOS (a file
+/// source at its end, `num-buffers` reached, an adaptive demuxer at the end
+/// of its playlist): the pipeline is ending by itself, and a drain would only
+/// cut off what is still on its way to the sinks, unless that is more than
+/// [`NATURAL_END_BACKLOG`] of media (the position and duration queries tell,
+/// where the pipeline knows them). A source that is pulled from is never
+/// taken as ending: its EOS flag says nothing of what its puller has still
+/// to read. Pad flags and queries only: it never waits on a stream lock.
+pub fn natural_end_under_way(top: &gst::Element) -> bool {
+    let origins = origins(top);
+    let all_ended = !origins.is_empty()
+        && origins.iter().all(|o| match o {
+            Origin::Push(pad) => pad.pad_flags().contains(gst::PadFlags::EOS),
+            Origin::Pull(_) => false,
+        });
+    if !all_ended {
+        return false;
+    }
+    // Where the pipeline knows how far it is, a long way still to play is
+    // buffered media, not an end.
+    let left = top
+        .query_duration::<gst::ClockTime>()
+        .zip(top.query_position::<gst::ClockTime>())
+        .map(|(duration, position)| duration.saturating_sub(position));
+    left.is_none_or(|left| left <= NATURAL_END_BACKLOG)
 }
 
 fn leaf_sources(bin: &gst::Bin) -> gst::Iterator<gst::Element> {
     bin.iterate_recurse()
         .filter(|e| e.element_flags().contains(gst::ElementFlags::SOURCE) && !e.is::<gst::Bin>())
+}
+
+/// Whether `top` is live: one of its sources is a live source (a
+/// `GstBaseSrc` in live mode: a capture, `is-live=true`), so data arrives in
+/// real time and the CPU it takes is the cost of keeping up. A pipeline that
+/// mixes a live capture with a file is live. (The latency query would say the
+/// same only through sinks that sync: `filesink` does not, and answers "not
+/// live" for a live recording.)
+pub fn is_live(top: &gst::Element) -> bool {
+    fn live(e: &gst::Element) -> bool {
+        e.downcast_ref::<gst_base::BaseSrc>()
+            .is_some_and(|src| src.is_live())
+    }
+    match top.downcast_ref::<gst::Bin>() {
+        Some(bin) => bin
+            .iterate_recurse()
+            .filter(|e| e.element_flags().contains(gst::ElementFlags::SOURCE))
+            .find(|e| live(&e))
+            .is_some(),
+        None => live(top),
+    }
 }
 
 /// True once every sink of `top` has received EOS on all its sink pads.

@@ -38,6 +38,10 @@ const DEFAULT_ROOT: &str = "/";
 /// (BENCHMARKS.md, README "Crash safety"). cpuguard-run turns it on.
 const DEFAULT_CRASH_SAFE: bool = false;
 
+/// `refusal` codes of `cpuguard-drain-refused`.
+const REFUSED_ENDING: &str = "ending-by-itself";
+const REFUSED_DRAINING: &str = "already-draining";
+
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
     soft: f64,
@@ -48,6 +52,8 @@ struct Settings {
     load_source: LoadSource,
     drain_timeout_ms: u32,
     dry_run: bool,
+    /// Load may drain a pipeline that is not live (a render, a transcode).
+    drain_non_live: bool,
     root: String,
     /// CPUs; 0 = unset.
     cpu_request: f64,
@@ -66,6 +72,7 @@ impl Default for Settings {
             load_source: LoadSource::default(),
             drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
             dry_run: false,
+            drain_non_live: false,
             root: DEFAULT_ROOT.to_owned(),
             cpu_request: 0.0,
             crash_safe: DEFAULT_CRASH_SAFE,
@@ -159,6 +166,11 @@ pub struct CpuGuard {
     qos: AtomicBool,
     /// The pipeline's muxers under crash safety, from READY to NULL.
     protection: Mutex<Option<crate::crashsafe::Protection>>,
+    /// The pipeline answered the latency query as not live, and load may not
+    /// drain it (`drain-non-live` off): never a victim of the load.
+    exempt_non_live: AtomicBool,
+    /// The bus WARNING about that was posted (once a run).
+    told_non_live: AtomicBool,
 }
 
 impl Default for CpuGuard {
@@ -174,6 +186,8 @@ impl Default for CpuGuard {
             inject_eos: AtomicBool::new(false),
             qos: AtomicBool::new(false),
             protection: Mutex::default(),
+            exempt_non_live: AtomicBool::new(false),
+            told_non_live: AtomicBool::new(false),
         }
     }
 }
@@ -244,13 +258,19 @@ impl CpuGuard {
 
     /// What the shared sampler needs to know before it decides.
     pub(super) fn facts(&self) -> MemberFacts {
-        let dry_run = lock(&self.settings).dry_run;
-        // Looked at before taking the state lock: it walks the pipeline.
-        let by_itself = self.ending_by_itself(drain::top_level(self.obj().upcast_ref()).as_ref());
+        let (dry_run, drain_non_live) = {
+            let settings = lock(&self.settings);
+            (settings.dry_run, settings.drain_non_live)
+        };
+        // Looked at before taking the state lock: they walk the pipeline.
+        let top = drain::top_level(self.obj().upcast_ref());
+        let by_itself = self.ending_by_itself(top.as_ref());
+        let exempt = !drain_non_live && top.as_ref().is_some_and(|top| !drain::is_live(top));
+        self.exempt_non_live.store(exempt, Ordering::Relaxed);
         let state = lock(&self.state);
         let drain = state.drain.as_ref();
         MemberFacts {
-            ending: drain.is_some() || by_itself,
+            ending: drain.is_some() || by_itself || exempt,
             drain_finished: drain.is_some_and(|d| d.completed || d.timed_out),
             dry_run,
         }
@@ -277,6 +297,23 @@ impl CpuGuard {
             sample.capacity
         );
         self.post_load(sample, cpu);
+        let soft = lock(&self.settings).soft;
+        if sample.load >= soft
+            && self.exempt_non_live.load(Ordering::Relaxed)
+            && !self.told_non_live.swap(true, Ordering::SeqCst)
+        {
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Negotiation,
+                (
+                    "cpuguard does not drain this pipeline on load: it is not live (load {:.2} \
+                     reached soft-threshold {}). Work that is not live uses all the CPU by \
+                     design; set drain-non-live=true to drain it anyway",
+                    sample.load,
+                    soft
+                )
+            );
+        }
     }
 
     pub(super) fn on_sample_error(&self, id: u64, err: &LoadError, first: bool) {
@@ -362,6 +399,20 @@ impl CpuGuard {
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
     }
 
+    /// Tells the application that a drain it (or the load) asked for did not
+    /// start, and why: `cpuguard-drain-refused` with the drain's `reason`, a
+    /// `refusal` code and its `description`.
+    fn post_refusal(&self, reason: &EndReason, refusal: &str, description: &str) {
+        let s = gst::Structure::builder("cpuguard-drain-refused")
+            .field("reason", reason.as_str())
+            .field("refusal", refusal)
+            .field("description", description)
+            .build();
+        let _ = self
+            .obj()
+            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
     /// Starts the one drain this element may do. Returns false if one already ran.
     /// Never blocks: the EOS is sent from a GStreamer pool thread.
     fn start_drain(&self, notice: DrainNotice) -> bool {
@@ -375,18 +426,26 @@ impl CpuGuard {
                 "The stream is ending by itself (its sources sent EOS): no drain ({})",
                 notice.reason
             );
+            self.post_refusal(
+                &notice.reason,
+                REFUSED_ENDING,
+                "the stream is ending by itself: every origin of the pipeline has sent its \
+                 own EOS, and what is still queued flows to the sinks",
+            );
             return false;
         }
         {
             let mut state = lock(&self.state);
             if let Some(drain) = &state.drain {
+                let text = format!("a drain ({}) is already under way", drain.reason);
                 gst::info!(
                     CAT,
                     imp = self,
-                    "Drain ({}) already under way; ignoring drain ({})",
-                    drain.reason,
+                    "{text}; ignoring drain ({})",
                     notice.reason
                 );
+                drop(state);
+                self.post_refusal(&notice.reason, REFUSED_DRAINING, &text);
                 return false;
             }
             state.drain = Some(Drain {
@@ -600,6 +659,18 @@ impl ObjectImpl for CpuGuard {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("drain-non-live")
+                    .nick("Drain non-live pipelines")
+                    .blurb(
+                        "Let load drain a pipeline that is not live (a render or a transcode, \
+                         which uses all the CPU by design; live = the pipeline's latency query \
+                         says live, i.e. some live source feeds a sink). Off: such a pipeline is \
+                         measured and reported, and a WARNING says once that load will not \
+                         drain it; the drain action and cpuguard-run's SIGTERM still drain it",
+                    )
+                    .default_value(false)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecDouble::builder("load")
                     .nick("Load")
                     .blurb(
@@ -704,6 +775,7 @@ impl ObjectImpl for CpuGuard {
                 settings.drain_timeout_ms = value.get().unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS)
             }
             "dry-run" => settings.dry_run = value.get().unwrap_or(false),
+            "drain-non-live" => settings.drain_non_live = value.get().unwrap_or(false),
             "root" => {
                 settings.root = value
                     .get::<Option<String>>()
@@ -733,6 +805,7 @@ impl ObjectImpl for CpuGuard {
             "load-source" => settings.load_source.to_value(),
             "drain-timeout" => settings.drain_timeout_ms.to_value(),
             "dry-run" => settings.dry_run.to_value(),
+            "drain-non-live" => settings.drain_non_live.to_value(),
             "load" => self.last_load().to_value(),
             "root" => settings.root.to_value(),
             "cpu-request" => settings.cpu_request.to_value(),
@@ -778,7 +851,11 @@ impl ElementImpl for CpuGuard {
                  threshold: double; trigger: string, soft, hard or request; source: string; cpu: \
                  double); \
                  cpuguard-would-drain with the same fields when dry-run is set and a drain would \
-                 start. \
+                 start; \
+                 cpuguard-drain-refused when a drain asked for does not start (reason: string; \
+                 refusal: string, ending-by-itself or already-draining; description: string). \
+                 A pipeline with no live source is not drained on load unless drain-non-live \
+                 is set: a WARNING says so once. \
                  End reason: the cpuguard-end-reason tag (string) is posted on the bus and pushed \
                  downstream before EOS, and the EOS event carries a reason field. \
                  cpuguard-crash-safe when crash-safe is set, once per muxer configured or \
@@ -846,6 +923,8 @@ impl BaseTransformImpl for CpuGuard {
         *lock(&self.state) = State::default();
         self.inject_eos.store(false, Ordering::SeqCst);
         self.stream_ended.store(false, Ordering::SeqCst);
+        self.exempt_non_live.store(false, Ordering::SeqCst);
+        self.told_non_live.store(false, Ordering::SeqCst);
         self.last_load.store(0f64.to_bits(), Ordering::Relaxed);
         self.last_cpu.store(0f64.to_bits(), Ordering::Relaxed);
         self.threads.clear();
@@ -892,6 +971,21 @@ impl BaseTransformImpl for CpuGuard {
         }
         let previous = lock(&self.registration).replace(registration);
         drop(previous);
+        if (1..1000).contains(&settings.drain_timeout_ms) {
+            // A bare number is milliseconds: `drain-timeout=30` meant as
+            // seconds gives a drain no time, and the recording is lost.
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Negotiation,
+                (
+                    "drain-timeout is {} ms (the property is in milliseconds: {} s would be \
+                     drain-timeout={}); a drain usually takes hundreds of milliseconds",
+                    settings.drain_timeout_ms,
+                    settings.drain_timeout_ms,
+                    u64::from(settings.drain_timeout_ms) * 1000
+                )
+            );
+        }
         // Deactivation clears passthrough; caps-less streams (fakesrc) need it
         // again before the first buffer.
         self.obj().set_passthrough(true);

@@ -89,6 +89,12 @@ pub struct Cli {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Let load drain a pipeline that is not live (a render or a transcode,
+    /// which uses all the CPU by design); without it only live pipelines are
+    /// drained on load (SIGTERM drains any)
+    #[arg(long)]
+    pub drain_non_live: bool,
+
     /// Consecutive samples below --soft-threshold before the above-soft count resets
     #[arg(long, value_name = "SAMPLES")]
     pub release: Option<u32>,
@@ -191,6 +197,7 @@ impl Cli {
             load_source: self.load_source.clone(),
             drain_timeout: self.drain_timeout,
             dry_run: self.dry_run,
+            drain_non_live: self.drain_non_live,
             release: self.release,
             root: self.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
             cpu_request: self.cpu_request,

@@ -98,6 +98,7 @@ pub struct Overrides {
     pub load_source: Option<String>,
     pub drain_timeout: Option<u32>,
     pub dry_run: bool,
+    pub drain_non_live: bool,
     pub release: Option<u32>,
     pub root: Option<String>,
     pub cpu_request: Option<CpuRequest>,
@@ -127,6 +128,9 @@ impl Overrides {
         );
         if self.dry_run {
             given.push("--dry-run".to_owned());
+        }
+        if self.drain_non_live {
+            given.push("--drain-non-live".to_owned());
         }
         given
     }
@@ -167,6 +171,9 @@ impl Overrides {
         }
         if self.dry_run {
             guard.set_property("dry-run", true);
+        }
+        if self.drain_non_live {
+            guard.set_property("drain-non-live", true);
         }
         let has_release = guard.find_property("release").is_some();
         if let Some(v) = self.release {

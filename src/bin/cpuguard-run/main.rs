@@ -179,6 +179,13 @@ fn run() -> u8 {
             .reduce(|a, b| if a == 0 || b == 0 { 0 } else { a.max(b) })
             .unwrap_or(spec.drain_timeout.default)
     });
+    if (1..1000).contains(&drain_timeout_ms) {
+        progress!(
+            "warning: the drain timeout is {drain_timeout_ms} ms: a bare number is milliseconds \
+             ({drain_timeout_ms}s for seconds); a drain usually takes hundreds of milliseconds, \
+             so this one may fail and lose the recording"
+        );
+    }
 
     supervise::run(
         supervise::Setup {

@@ -247,6 +247,9 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     if cli.crash_safe().is_none() {
         worker_args.push("--no-crash-safe".into());
     }
+    if cli.drain_non_live {
+        worker_args.push("--drain-non-live".into());
+    }
 
     let interval_ms = cli.interval.unwrap_or(spec.interval.default);
     progress!(
