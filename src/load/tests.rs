@@ -872,3 +872,35 @@ fn system_load_stays_a_whole_host_share_with_a_request() {
     assert_eq!(meter.source(), LoadSourceKind::System);
     assert_eq!(meter.capacity(), 2.0);
 }
+
+/// This process on the real host reads its CPU clock: exact over any window,
+/// even one far shorter than ten clock ticks (which /proc could not resolve).
+#[test]
+fn own_process_reads_its_cpu_clock_over_short_windows() {
+    use nix::time::{ClockId, clock_gettime};
+    let paths = HostPaths::system();
+    let pid = i32::try_from(std::process::id()).unwrap();
+    let mut meter = LoadMeter::new(LoadSourceKind::Process, &paths, pid).unwrap();
+    assert!(
+        meter.describe().contains("CLOCK_PROCESS_CPUTIME_ID"),
+        "{}",
+        meter.describe()
+    );
+    let cpu = || Duration::from(clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).unwrap());
+    let (wall0, cpu0) = (Instant::now(), cpu());
+    // 20 ms of this thread's CPU: two clock ticks, a tenth of the old minimum.
+    let thread = || Duration::from(clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap());
+    let start = thread();
+    while thread() - start < Duration::from_millis(20) {
+        std::hint::black_box(0u64);
+    }
+    let sample = meter.sample(Instant::now()).unwrap();
+    let (wall, used) = (wall0.elapsed(), cpu() - cpu0);
+    // Between the two clock readings around it: the meter's window started
+    // before wall0 (at LoadMeter::new) and ended before the last reading.
+    let most = used.as_secs_f64() / (wall.as_secs_f64() * 0.5) / sample.capacity;
+    assert!(
+        sample.load > 0.0 && sample.load <= most,
+        "{sample:?}, used {used:?} in {wall:?}"
+    );
+}

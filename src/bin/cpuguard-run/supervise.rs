@@ -250,6 +250,8 @@ impl Supervisor {
         }
         match self.drain_timeout_ms {
             Some(ms) => progress!("drain timeout {ms} ms"),
+            // A worker's drains are timed, and escalated, by its parent.
+            None if self.worker => progress!("drain timeout: enforced by the parent"),
             None => progress!("drain timeout: none (a drain may take forever)"),
         }
         if self.pipeline.set_state(gst::State::Playing).is_err() {
