@@ -5,6 +5,7 @@
 
 pub mod coordinator;
 pub mod cpuguard;
+pub mod hostwide;
 pub mod load;
 pub mod policy;
 pub mod reason;
