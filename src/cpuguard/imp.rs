@@ -13,6 +13,7 @@ use super::drain;
 use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
 use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
+use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
 use crate::policy::{Policy, PolicyConfig};
 use crate::reason::EndReason;
@@ -33,6 +34,7 @@ const DEFAULT_INTERVAL_MS: u32 = 1000;
 const MIN_INTERVAL_MS: u32 = 10;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 30_000;
 const DEFAULT_ROOT: &str = "/";
+const DEFAULT_COORDINATION_DIR: &str = "auto";
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -47,6 +49,9 @@ struct Settings {
     root: String,
     /// CPUs; 0 = unset.
     cpu_request: f64,
+    /// `auto`, `none` or an absolute path.
+    coordination_dir: String,
+    coordination_group_shared: bool,
 }
 
 impl Default for Settings {
@@ -62,6 +67,8 @@ impl Default for Settings {
             dry_run: false,
             root: DEFAULT_ROOT.to_owned(),
             cpu_request: 0.0,
+            coordination_dir: DEFAULT_COORDINATION_DIR.to_owned(),
+            coordination_group_shared: false,
         }
     }
 }
@@ -76,13 +83,21 @@ impl Settings {
         }
     }
 
-    fn sampler_key(&self) -> SamplerKey {
-        SamplerKey {
+    fn sampler_key(&self) -> Result<SamplerKey, DirSettingError> {
+        let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
+        let coordination_dir = hostwide::resolve_dir(
+            &self.coordination_dir,
+            hostwide::files::euid(),
+            xdg.as_deref(),
+        )?;
+        Ok(SamplerKey {
             source: self.load_source.into(),
             root: self.root.clone(),
             interval: self.interval(),
             cpu_request: CpuRequest::from_cpus(self.cpu_request).map(|r| r.cpus().to_bits()),
-        }
+            coordination_dir,
+            group_shared: self.coordination_group_shared,
+        })
     }
 
     fn interval(&self) -> Duration {
@@ -128,6 +143,9 @@ struct DrainNotice {
     source: &'static str,
     /// CPUs used by the threads streaming through this element.
     cpu: f64,
+    /// How far the victim choice reached, and how many were compared.
+    scope: Scope,
+    candidates: usize,
 }
 
 pub struct CpuGuard {
@@ -283,6 +301,15 @@ impl CpuGuard {
         }
     }
 
+    /// A once-only warning about cross-process coordination (unusable
+    /// directory, a bad entry): on the bus as a WARNING message.
+    pub(super) fn on_coordination_warning(&self, id: u64, text: &str) {
+        if !self.is_member(id) {
+            return;
+        }
+        gst::element_imp_warning!(self, gst::ResourceError::Settings, ("{}", text));
+    }
+
     /// The sampler chose us as the victim. Returns whether a drain started
     /// (dry run: whether the report was made).
     pub(super) fn chosen(
@@ -292,6 +319,7 @@ impl CpuGuard {
         source: LoadSourceKind,
         cpu: f64,
         dry_run: bool,
+        (scope, candidates): (Scope, usize),
     ) -> bool {
         if !self.is_member(id) {
             return false;
@@ -303,6 +331,8 @@ impl CpuGuard {
             trigger: victim.trigger.as_str(),
             source: source.as_str(),
             cpu,
+            scope,
+            candidates,
         };
         let (trigger, threshold) = (victim.trigger, victim.threshold);
         if dry_run {
@@ -318,8 +348,10 @@ impl CpuGuard {
         gst::info!(
             CAT,
             imp = self,
-            "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, the most of its group)",
-            victim.load
+            "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, \
+             the most of its group; chosen among {candidates} at {} scope)",
+            victim.load,
+            scope.as_str()
         );
         self.start_drain(notice)
     }
@@ -345,6 +377,11 @@ impl CpuGuard {
             .field("trigger", notice.trigger)
             .field("source", notice.source)
             .field("cpu", notice.cpu)
+            .field("scope", notice.scope.as_str())
+            .field(
+                "candidates",
+                u32::try_from(notice.candidates).unwrap_or(u32::MAX),
+            )
             .build();
         let _ = self
             .obj()
@@ -458,6 +495,8 @@ impl CpuGuard {
             trigger: "request",
             source,
             cpu: f64::from_bits(self.last_cpu.load(Ordering::Relaxed)),
+            scope: Scope::Request,
+            candidates: 1,
         })
     }
 
@@ -623,6 +662,31 @@ impl ObjectImpl for CpuGuard {
                     .default_value(0.0)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("coordination-dir")
+                    .nick("Coordination directory")
+                    .blurb(
+                        "Directory through which cpuguards of other processes judging the same \
+                         CPU budget (the host for load-source system, a cgroup for cgroup) \
+                         drain one at a time, the heaviest process first: auto = /run/cpuguard \
+                         for root, else $XDG_RUNTIME_DIR/cpuguard, else /tmp/cpuguard-<uid>; \
+                         none (or empty) = coordinate within this process only; else an \
+                         absolute path. It must be ours and mode 0700 (see \
+                         coordination-group-shared); when it cannot be used, a warning and \
+                         in-process coordination",
+                    )
+                    .default_value(Some(DEFAULT_COORDINATION_DIR))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("coordination-group-shared")
+                    .nick("Group-shared coordination directory")
+                    .blurb(
+                        "Accept a coordination-dir that the group may write to (not others), \
+                         owned by us or root: for processes of several users; each user's \
+                         processes still only coordinate among themselves",
+                    )
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -676,6 +740,16 @@ impl ObjectImpl for CpuGuard {
                     .unwrap_or_else(|| DEFAULT_ROOT.to_owned())
             }
             "cpu-request" => settings.cpu_request = value.get().unwrap_or(0.0),
+            "coordination-dir" => {
+                settings.coordination_dir = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }
+            "coordination-group-shared" => {
+                settings.coordination_group_shared = value.get().unwrap_or(false)
+            }
             other => gst::warning!(CAT, imp = self, "No writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "Settings now {:?}", *settings);
@@ -695,6 +769,8 @@ impl ObjectImpl for CpuGuard {
             "load" => self.last_load().to_value(),
             "root" => settings.root.to_value(),
             "cpu-request" => settings.cpu_request.to_value(),
+            "coordination-dir" => settings.coordination_dir.to_value(),
+            "coordination-group-shared" => settings.coordination_group_shared.to_value(),
             _ => pspec.default_value().clone(),
         }
     }
@@ -792,30 +868,31 @@ impl BaseTransformImpl for CpuGuard {
             config,
             dry_run: settings.dry_run,
         };
-        let registration = sampler::register(
-            &self.obj(),
-            settings.sampler_key(),
-            policy,
-            self.threads.clone(),
-        )
-        .map_err(|err| match err {
-            sampler::RegisterError::Policy(err) => gst::error_msg!(
+        let key = settings.sampler_key().map_err(|err| {
+            gst::error_msg!(
                 gst::LibraryError::Settings,
                 ("Invalid cpuguard settings: {}", err)
-            ),
-            sampler::RegisterError::Meter(err) => gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                (
-                    "cpuguard cannot measure load with load-source={}: {}",
-                    LoadSourceKind::from(settings.load_source).as_str(),
-                    err
-                )
-            ),
-            sampler::RegisterError::Thread(err) => gst::error_msg!(
-                gst::CoreError::Thread,
-                ("cpuguard cannot start its sampling thread: {}", err)
-            ),
+            )
         })?;
+        let registration = sampler::register(&self.obj(), key, policy, self.threads.clone())
+            .map_err(|err| match err {
+                sampler::RegisterError::Policy(err) => gst::error_msg!(
+                    gst::LibraryError::Settings,
+                    ("Invalid cpuguard settings: {}", err)
+                ),
+                sampler::RegisterError::Meter(err) => gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    (
+                        "cpuguard cannot measure load with load-source={}: {}",
+                        LoadSourceKind::from(settings.load_source).as_str(),
+                        err
+                    )
+                ),
+                sampler::RegisterError::Thread(err) => gst::error_msg!(
+                    gst::CoreError::Thread,
+                    ("cpuguard cannot start its sampling thread: {}", err)
+                ),
+            })?;
         gst::info!(
             CAT,
             imp = self,

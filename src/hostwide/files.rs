@@ -402,25 +402,28 @@ impl BudgetFiles {
             if pid == self.pid {
                 continue;
             }
-            found.push(self.read_entry(name, pid, now_ms));
+            found.extend(self.read_entry(name, pid, now_ms));
         }
         // SAFETY: closes the stream and its descriptor.
         unsafe { libc::closedir(dirp) };
         Ok(found)
     }
 
-    fn read_entry(&self, name: &str, pid: i32, now_ms: u64) -> Found {
-        let rejected = |why| Found::Rejected {
-            name: name.to_owned(),
-            why,
+    /// `None` when the entry went away while we looked (its process ended).
+    fn read_entry(&self, name: &str, pid: i32, now_ms: u64) -> Option<Found> {
+        let rejected = |why| {
+            Some(Found::Rejected {
+                name: name.to_owned(),
+                why,
+            })
         };
         let fd = match openat(&self.dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
             Ok(fd) => fd,
             Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
                 return rejected(Rejection::NotAFile);
             }
-            // Gone meanwhile (its process ended): nothing to say.
-            Err(_) => return rejected(Rejection::Dead),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
+            Err(_) => return rejected(Rejection::Malformed),
         };
         let Ok(st) = fstat(&fd) else {
             return rejected(Rejection::Malformed);
@@ -458,7 +461,7 @@ impl BudgetFiles {
             let parsed = Entry::parse(&buf[..n])
                 .and_then(|e| e.check(pid, st.st_uid, self.uid, now_ms).map(|()| e));
             match parsed {
-                Ok(entry) => return Found::Entry(entry),
+                Ok(entry) => return Some(Found::Entry(entry)),
                 Err(why) => last = why,
             }
             if last != Rejection::Malformed {
@@ -469,11 +472,11 @@ impl BudgetFiles {
     }
 
     fn unlink_if_same(&self, name: &str, st: &libc::stat) {
-        if lstat_at(&self.dir, name).is_ok_and(|now| now.st_ino == st.st_ino) {
-            if let Ok(name) = cstr(name) {
-                // SAFETY: valid name; failure is harmless.
-                unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
-            }
+        if lstat_at(&self.dir, name).is_ok_and(|now| now.st_ino == st.st_ino)
+            && let Ok(name) = cstr(name)
+        {
+            // SAFETY: valid name; failure is harmless.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
         }
     }
 
