@@ -801,7 +801,9 @@ impl ElementImpl for CpuGuard {
                  pipeline with EOS so every muxer finalizes its file. All cpuguard elements of a \
                  process with the same load-source, root and interval share one sampling thread; \
                  those with the same policy drain one at a time, the one whose streaming threads \
-                 use the most CPU first. \
+                 use the most CPU first. Across processes judging the same CPU budget (the host, \
+                 or a cgroup), drains go one at a time through coordination-dir, the process \
+                 using the most CPU first. \
                  Element messages: \
                  cpuguard-load at every sample (load: double, share of capacity; source: string; \
                  capacity: double, CPUs; cpu: double, CPUs used by this element's streaming \
@@ -809,7 +811,8 @@ impl ElementImpl for CpuGuard {
                  cpuguard-drain when a drain starts (reason: string, cpu-limit, stop-requested or \
                  the application's own; description: string, e.g. \"CPU limit reached\"; load, \
                  threshold: double; trigger: string, soft, hard or request; source: string; cpu: \
-                 double); \
+                 double; scope: string, process, host, cgroup or request, how far the victim \
+                 choice reached; candidates: uint, how many were compared); \
                  cpuguard-would-drain with the same fields when dry-run is set and a drain would \
                  start. \
                  End reason: the cpuguard-end-reason tag (string) is posted on the bus and pushed \

@@ -226,7 +226,11 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         cli.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
     );
     forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
+    forward("coordination-dir", cli.coordination_dir.clone());
     forward("drain-timeout", Some("0".to_owned()));
+    if cli.coordination_group_shared {
+        worker_args.push("--coordination-group-shared".into());
+    }
 
     let interval_ms = cli.interval.unwrap_or(spec.interval.default);
     progress!(
