@@ -85,10 +85,12 @@ impl Settings {
 
     fn sampler_key(&self) -> Result<SamplerKey, DirSettingError> {
         let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
+        let env = std::env::var(hostwide::DIR_ENV).ok();
         let coordination_dir = hostwide::resolve_dir(
             &self.coordination_dir,
             hostwide::files::euid(),
             xdg.as_deref(),
+            env.as_deref(),
         )?;
         Ok(SamplerKey {
             source: self.load_source.into(),
@@ -668,7 +670,8 @@ impl ObjectImpl for CpuGuard {
                         "Directory through which cpuguards of other processes judging the same \
                          CPU budget (the host for load-source system, a cgroup for cgroup) \
                          drain one at a time, the heaviest process first: auto = /run/cpuguard \
-                         for root, else $XDG_RUNTIME_DIR/cpuguard, else /tmp/cpuguard-<uid>; \
+                         for root, else $XDG_RUNTIME_DIR/cpuguard, else /tmp/cpuguard-<uid> \
+                         ($CPUGUARD_COORDINATION_DIR, when set, overrides auto); \
                          none (or empty) = coordinate within this process only; else an \
                          absolute path. It must be ours and mode 0700 (see \
                          coordination-group-shared); when it cannot be used, a warning and \

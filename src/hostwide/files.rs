@@ -37,8 +37,8 @@ pub enum DirError {
         ours: u32,
     },
     #[error(
-        "coordination-dir {path} has mode {mode:04o}: others than its owner may write to it \
-         (it must be 0700, or not world-writable with coordination-group-shared)"
+        "coordination-dir {path} has mode {mode:04o}; it must be 0700 (with \
+         coordination-group-shared: no access for others)"
     )]
     Mode { path: PathBuf, mode: u32 },
     #[error("coordination-dir {path}: cannot {what}: {err}")]
@@ -138,7 +138,7 @@ fn check_dir(fd: &OwnedFd, path: &Path, group_shared: bool, uid: u32) -> Result<
         });
     }
     let mode = st.st_mode & 0o7777;
-    let foreign_write = if group_shared { 0o002 } else { 0o077 };
+    let foreign_write = if group_shared { 0o007 } else { 0o077 };
     if mode & foreign_write != 0 {
         return Err(DirError::Mode {
             path: path.to_owned(),

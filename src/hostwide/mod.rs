@@ -114,21 +114,39 @@ pub enum DirSettingError {
          path would depend on each process's working directory)"
     )]
     Relative(String),
+    #[error(
+        "CPUGUARD_COORDINATION_DIR (followed by coordination-dir=auto) must be `none` or an \
+         absolute path, got {0:?}"
+    )]
+    Env(String),
 }
 
-/// `auto` → `/run/cpuguard` for root, else `$XDG_RUNTIME_DIR/cpuguard`, else
+/// Environment variable that `auto` follows first (also `cpuguard-run`'s
+/// `--coordination-dir`): one setting for every process of a container.
+pub const DIR_ENV: &str = "CPUGUARD_COORDINATION_DIR";
+
+/// `auto` → `$CPUGUARD_COORDINATION_DIR` when set (to `none` or a path), else
+/// `/run/cpuguard` for root, else `$XDG_RUNTIME_DIR/cpuguard`, else
 /// `/tmp/cpuguard-<uid>`; `none` or empty → `None` (coordination off); an
 /// absolute path → itself.
 pub fn resolve_dir(
     setting: &str,
     uid: u32,
     xdg_runtime_dir: Option<&str>,
+    env_dir: Option<&str>,
 ) -> Result<Option<PathBuf>, DirSettingError> {
     let setting = setting.trim();
     if setting.is_empty() || setting.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
     if setting.eq_ignore_ascii_case("auto") {
+        if let Some(env) = env_dir.map(str::trim).filter(|e| !e.is_empty())
+            && !env.eq_ignore_ascii_case("auto")
+        {
+            return resolve_dir(env, uid, xdg_runtime_dir, None).map_err(|err| match err {
+                DirSettingError::Relative(v) | DirSettingError::Env(v) => DirSettingError::Env(v),
+            });
+        }
         if uid == 0 {
             return Ok(Some(PathBuf::from("/run/cpuguard")));
         }

@@ -162,29 +162,44 @@ fn budget_identity() {
 #[test]
 fn resolving_the_directory() {
     assert_eq!(
-        resolve_dir("auto", 0, Some("/run/user/0")).unwrap(),
+        resolve_dir("auto", 0, Some("/run/user/0"), None).unwrap(),
         Some(PathBuf::from("/run/cpuguard"))
     );
     assert_eq!(
-        resolve_dir("auto", 1000, Some("/run/user/1000")).unwrap(),
+        resolve_dir("auto", 1000, Some("/run/user/1000"), None).unwrap(),
         Some(PathBuf::from("/run/user/1000/cpuguard"))
     );
     assert_eq!(
-        resolve_dir("AUTO", 1000, Some("relative")).unwrap(),
+        resolve_dir("AUTO", 1000, Some("relative"), None).unwrap(),
         Some(PathBuf::from("/tmp/cpuguard-1000"))
     );
     assert_eq!(
-        resolve_dir("auto", 1000, None).unwrap(),
+        resolve_dir("auto", 1000, None, None).unwrap(),
         Some(PathBuf::from("/tmp/cpuguard-1000"))
     );
-    assert_eq!(resolve_dir("none", 0, None).unwrap(), None);
-    assert_eq!(resolve_dir("", 0, None).unwrap(), None);
+    assert_eq!(resolve_dir("none", 0, None, None).unwrap(), None);
+    assert_eq!(resolve_dir("", 0, None, None).unwrap(), None);
     assert_eq!(
-        resolve_dir("/srv/x", 0, None).unwrap(),
+        resolve_dir("/srv/x", 0, None, None).unwrap(),
         Some(PathBuf::from("/srv/x"))
     );
-    let err = resolve_dir("srv/x", 0, None).unwrap_err();
+    let err = resolve_dir("srv/x", 0, None, None).unwrap_err();
     assert!(err.to_string().contains("coordination-dir"), "{err}");
+    // The environment speaks for `auto` only; an explicit setting wins.
+    assert_eq!(resolve_dir("auto", 0, None, Some("none")).unwrap(), None);
+    assert_eq!(
+        resolve_dir("auto", 0, None, Some("/srv/c")).unwrap(),
+        Some(PathBuf::from("/srv/c"))
+    );
+    assert_eq!(
+        resolve_dir("/srv/x", 0, None, Some("none")).unwrap(),
+        Some(PathBuf::from("/srv/x"))
+    );
+    let err = resolve_dir("auto", 0, None, Some("rel")).unwrap_err();
+    assert!(
+        err.to_string().contains("CPUGUARD_COORDINATION_DIR"),
+        "{err}"
+    );
 }
 
 fn peer(pid: i32, cpu: f64, wants: bool) -> Peer {

@@ -328,7 +328,7 @@ fn cpu_request(text: &str) -> Result<CpuRequest, String> {
 
 /// `--coordination-dir`: the element's own rule (auto, none, absolute path).
 fn coordination_dir(text: &str) -> Result<String, String> {
-    gstcpuguard::hostwide::resolve_dir(text, 0, None)
+    gstcpuguard::hostwide::resolve_dir(text, 0, None, None)
         .map(|_| text.trim().to_owned())
         .map_err(|err| err.to_string())
 }
