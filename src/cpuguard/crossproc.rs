@@ -91,7 +91,10 @@ struct State {
     cpu: f64,
     rate_at: Option<Instant>,
     seq: u64,
-    seen_epoch: Option<u64>,
+    /// Per group: the drain epoch at its last look, and whether another
+    /// process's drain was in flight then (when it no longer is, that drain
+    /// ended, also when its drainer died, which leaves the epoch as it was).
+    seen: HashMap<usize, (u64, bool)>,
     /// Groups (by their key's address) with a drain of ours in flight under the lock.
     holders: HashSet<usize>,
     /// Groups whose policy wants a drain and waits for its turn.
@@ -191,7 +194,7 @@ pub(super) fn join(
             cpu: 0.0,
             rate_at: None,
             seq: 0,
-            seen_epoch: None,
+            seen: HashMap::new(),
             holders: HashSet::new(),
             wanting: HashSet::new(),
             wanting_since: None,
@@ -235,9 +238,11 @@ impl Participation {
             }
         };
         let held_by_us = state.files.drain_held();
-        let fresh = state.seen_epoch.is_some_and(|seen| seen != record.epoch);
-        state.seen_epoch = Some(record.epoch);
-        let _ = group;
+        let busy = in_flight && !held_by_us;
+        let fresh = state
+            .seen
+            .insert(group, (record.epoch, busy))
+            .is_some_and(|(epoch, was_busy)| epoch != record.epoch || (was_busy && !busy));
         if held_by_us {
             Look::Clear
         } else if in_flight {
@@ -335,7 +340,10 @@ impl Participation {
             }
             Choice::Go => match state.files.take_drain() {
                 Ok(Some(record)) => {
-                    state.seen_epoch = Some(record.epoch);
+                    // Our own drain is no news to any of our groups.
+                    for seen in state.seen.values_mut() {
+                        *seen = (record.epoch, false);
+                    }
                     state.holders.insert(group);
                     state.wanting.clear();
                     state.wanting_since = None;
@@ -394,9 +402,16 @@ impl Participation {
     /// whether it still wants one. Releases the drain lock when no group of
     /// ours drains any more, and rewrites our entry.
     pub fn settle(&self, group: usize, in_flight: bool, wants: bool) {
+        self.settle_or_leave(group, in_flight, wants, false);
+    }
+
+    fn settle_or_leave(&self, group: usize, in_flight: bool, wants: bool, leaving: bool) {
         let mut state = lock(&self.state);
         if !in_flight {
             state.holders.remove(&group);
+        }
+        if leaving {
+            state.seen.remove(&group);
         }
         if !wants {
             state.wanting.remove(&group);
@@ -418,7 +433,7 @@ impl Participation {
 
     /// A group leaves (its last member stopped).
     pub fn leave(&self, group: usize) {
-        self.settle(group, false, false);
+        self.settle_or_leave(group, false, false, true);
     }
 
     fn publish_locked(state: &mut State, wants: bool) {
