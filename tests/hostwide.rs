@@ -9,14 +9,17 @@
 //! line-buffered with stdbuf), each line stamped on arrival: the order and
 //! the spacing of drains come from those lines, never from sleeps.
 
+#[allow(dead_code)]
 #[path = "reliability/burner.rs"]
 mod burner;
+#[allow(dead_code)]
 #[path = "reliability/cgroup.rs"]
 mod cgroup;
 mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -200,21 +203,6 @@ impl Recorder {
             .map(|(_, l)| format!("  {}: {l}", self.name))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-
-    /// Waits for the process to end by itself (after its drain).
-    fn wait_exit(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            // The child's exit has no event to wait on here but its reaping.
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 }
 
@@ -571,4 +559,322 @@ fn a_drainer_killed_mid_drain_frees_the_budget() {
         "no fresh hold after the kill:\n{}",
         first.dump()
     );
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A CPU burner inside a cgroup, killed (with its workers) on drop.
+struct CgroupBurner(Child);
+
+impl CgroupBurner {
+    fn start(join: &str, workers: u32) -> CgroupBurner {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{join} && exec stress-ng --cpu {workers} --timeout 900s --quiet"
+            ))
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("stress-ng runs");
+        CgroupBurner(child)
+    }
+}
+
+impl Drop for CgroupBurner {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(-(self.0.id() as i32));
+        let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// A pipeline whose drain never completes: its sink waits an hour for its
+/// first buffer, so the EOS never gets through.
+fn hanging(guard: &str) -> String {
+    format!(
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=10/1 ! {guard} \
+         ! fakesink sync=true ts-offset=3600000000000"
+    )
+}
+
+#[test]
+fn separate_cgroup_budgets_drain_independently() {
+    if !is_root() || Command::new("stress-ng").arg("--version").output().is_err() {
+        return skip_or_panic("needs root (v1 cgroups) and stress-ng");
+    }
+    let tag = std::process::id();
+    let quota = 0.5;
+    let groups: Vec<cgroup::V1Cgroup> = ["a", "b"]
+        .iter()
+        .map(|n| cgroup::V1Cgroup::with_quota(&format!("cpuguard-hostwide-{tag}-{n}"), quota))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|why| panic!("v1 cgroups with a quota: {why}"));
+    let (tmp, coord) = coord_dir();
+    let g = format!(
+        "cpuguard load-source=cgroup soft-threshold=0.6 hard-threshold=0.95 hold={HOLD} \
+         interval={INTERVAL_MS} coordination-dir={coord} drain-timeout=0"
+    );
+    // A's drain hangs and keeps A's drain lock for good: B, with its own
+    // quota, must drain all the same.
+    let a = Recorder::spawn(
+        "cgroup-a",
+        &hanging(&g),
+        tmp.path().join("none"),
+        Some(&groups[0].join_script()),
+    );
+    let b_out = tmp.path().join("b.mp4");
+    let b = Recorder::spawn(
+        "cgroup-b",
+        &recording(160, 120, 10, "ultrafast", &g, &b_out),
+        b_out,
+        Some(&groups[1].join_script()),
+    );
+    started(&a, 3);
+    started(&b, 3);
+    assert!(
+        a.drain().is_none() && b.drain().is_none(),
+        "{}{}",
+        a.dump(),
+        b.dump()
+    );
+    let _burn_a = CgroupBurner::start(&groups[0].join_script(), 1);
+    let (_, a_line) = a
+        .wait_line(LONG, |l| l.contains("cpuguard-drain"))
+        .unwrap_or_else(|| panic!("A never drained:\n{}", a.dump()));
+    assert_eq!(field(&a_line, "scope"), Some("cgroup"), "{a_line}");
+    assert_eq!(field(&a_line, "candidates"), Some("1"), "{a_line}");
+    let _burn_b = CgroupBurner::start(&groups[1].join_script(), 1);
+    let (_, b_line) = b
+        .wait_line(LONG, |l| l.contains("cpuguard-drain"))
+        .unwrap_or_else(|| {
+            panic!(
+                "B never drained while A's drain hung:\n{}{}",
+                a.dump(),
+                b.dump()
+            )
+        });
+    assert_eq!(field(&b_line, "scope"), Some("cgroup"), "{b_line}");
+    assert_eq!(field(&b_line, "candidates"), Some("1"), "{b_line}");
+    assert!(a.eos().is_none(), "A's drain was to hang:\n{}", a.dump());
+    let budgets: Vec<String> = std::fs::read_dir(&coord)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        budgets.iter().filter(|n| n.starts_with("cgroup-")).count(),
+        2,
+        "{budgets:?}"
+    );
+    b.wait_line(LONG, |l| l.contains("Got EOS from element"));
+    assert!(
+        plays(&b.out),
+        "{} does not play:\n{}",
+        b.out.display(),
+        b.dump()
+    );
+}
+
+/// One recorder on a fake host whose coordination directory is `coord`:
+/// with the load low for two holds it must not drain, with the load high
+/// it must (nothing in the directory may block it). Returns the recorder
+/// after its drain.
+fn calm_then_drains(host: &FakeHost, coord: &str, name: &'static str) -> Recorder {
+    let tmp = host.root().join(format!("{name}.mp4"));
+    let g = guard(Some(host.root()), coord, "");
+    let r = Recorder::spawn(
+        name,
+        &recording(160, 120, 10, "ultrafast", &g, &tmp),
+        tmp,
+        None,
+    );
+    started(&r, 2 * HOLD as usize + 1);
+    assert!(
+        r.drain().is_none(),
+        "false drain at low load:\n{}",
+        r.dump()
+    );
+    host.set_load(0.8);
+    assert!(
+        r.wait_line(LONG, |l| l.contains("cpuguard-drain"))
+            .is_some(),
+        "never drained:\n{}",
+        r.dump()
+    );
+    r.wait_line(LONG, |l| l.contains("Got EOS from element"));
+    assert!(
+        plays(&r.out),
+        "{} does not play:\n{}",
+        r.out.display(),
+        r.dump()
+    );
+    r
+}
+
+/// The WARNING lines gst-launch-1.0 -m printed that contain `needle`.
+fn warnings(r: &Recorder, needle: &str) -> usize {
+    r.snapshot()
+        .iter()
+        .filter(|(_, l)| l.starts_with("WARNING") && l.contains(needle))
+        .count()
+}
+
+/// An unusable directory: one warning naming the problem, no false drain,
+/// and the drain still happens, chosen in-process.
+fn unusable_dir(name: &'static str, prepare: impl FnOnce(&Path) -> String, warning: &str) {
+    let host = FakeHost::new(0.1);
+    let tmp = tempfile::tempdir().unwrap();
+    let coord = prepare(tmp.path());
+    let r = calm_then_drains(&host, &coord, name);
+    assert_eq!(warnings(&r, warning), 1, "{}", r.dump());
+    assert_eq!(
+        warnings(&r, "drains are coordinated within this process only"),
+        1
+    );
+    let (_, line) = r.drain().unwrap();
+    assert_eq!(field(&line, "scope"), Some("process"), "{line}");
+}
+
+#[test]
+fn directory_of_another_user_is_refused() {
+    if !is_root() {
+        return skip_or_panic("needs root to chown a directory to another user");
+    }
+    unusable_dir(
+        "wrong-owner",
+        |tmp| {
+            let dir = tmp.join("coord");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+            dir.to_string_lossy().into_owned()
+        },
+        "belongs to uid 65534",
+    );
+}
+
+#[test]
+fn directory_open_to_others_is_refused() {
+    unusable_dir(
+        "open-mode",
+        |tmp| {
+            let dir = tmp.join("coord");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            dir.to_string_lossy().into_owned()
+        },
+        "has mode 0777; it must be 0700",
+    );
+}
+
+#[test]
+fn symlinked_directory_is_refused() {
+    unusable_dir(
+        "symlink",
+        |tmp| {
+            let real = tmp.join("real");
+            std::fs::create_dir(&real).unwrap();
+            std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+            let link = tmp.join("coord");
+            std::os::unix::fs::symlink(&real, &link).unwrap();
+            link.to_string_lossy().into_owned()
+        },
+        "is a symlink",
+    );
+}
+
+/// A read-only tmpfs mounted for the test, unmounted on drop.
+struct ReadOnlyMount(PathBuf);
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn read_only_directory_falls_back() {
+    if !is_root() {
+        return skip_or_panic("needs root to mount a read-only tmpfs (root ignores file modes)");
+    }
+    let mut mount = None;
+    unusable_dir(
+        "read-only",
+        |tmp| {
+            let dir = tmp.join("coord");
+            std::fs::create_dir(&dir).unwrap();
+            let ok = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "ro,mode=0700", "tmpfs"])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "cannot mount a read-only tmpfs on {}", dir.display());
+            mount = Some(ReadOnlyMount(dir.clone()));
+            dir.to_string_lossy().into_owned()
+        },
+        "Read-only file system",
+    );
+    drop(mount);
+}
+
+#[test]
+fn hostile_entries_are_ignored_with_one_warning_each() {
+    if !is_root() {
+        return skip_or_panic("needs root to make another user's entry");
+    }
+    let host = FakeHost::new(0.1);
+    let (_tmp, coord) = coord_dir();
+    let budget = fake_budget_dir(&coord, &host);
+    std::fs::create_dir_all(&budget).unwrap();
+    for dir in [Path::new(&coord), budget.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    // Heavy, wanting entries that would win every ranking if believed.
+    let entry = |pid: i32, uid: u32| Entry {
+        pid,
+        uid,
+        cpu: 64.0,
+        wants: true,
+        interval_ms: INTERVAL_MS,
+        seq: 1,
+        at_ms: u64::MAX / 2,
+    };
+    let mut dead = Command::new("true").spawn().unwrap();
+    let dead_pid = dead.id() as i32;
+    dead.wait().unwrap();
+    std::fs::write(
+        budget.join(format!("{dead_pid}.entry")),
+        entry(dead_pid, 0).encode(),
+    )
+    .unwrap();
+    std::fs::write(budget.join("999991.entry"), b"garbage\n").unwrap();
+    std::fs::write(budget.join("999992.entry"), vec![b'x'; 4096]).unwrap();
+    let other = budget.join("999993.entry");
+    std::fs::write(&other, entry(999993, 65534).encode()).unwrap();
+    std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", budget.join("999994.entry")).unwrap();
+    // A FIFO would block a plain open: it must not hang the sampler.
+    let fifo = Command::new("mkfifo")
+        .arg(budget.join("999995.entry"))
+        .status();
+    assert!(fifo.is_ok_and(|s| s.success()), "mkfifo");
+
+    let r = calm_then_drains(&host, &coord, "hostile");
+    let (_, line) = r.drain().unwrap();
+    assert_eq!(field(&line, "scope"), Some("host"), "{line}");
+    assert_eq!(field(&line, "candidates"), Some("1"), "{line}");
+    for kind in [
+        "ignores a malformed entry",
+        "ignores an oversized entry",
+        "ignores an entry of a dead process",
+        "ignores an entry of another user",
+        "ignores a symlink or non-regular entry",
+    ] {
+        assert_eq!(warnings(&r, kind), 1, "{kind}:\n{}", r.dump());
+    }
+    // The dead process's entry was cleared away; the others stay, unread.
+    assert!(!budget.join(format!("{dead_pid}.entry")).exists());
 }

@@ -201,6 +201,8 @@ pub(super) fn join(
             interval,
         }),
     });
+    // Visible at once, not only after our first decision.
+    Participation::publish_locked(&mut lock(&participation.state), false);
     registry.insert(key, Arc::downgrade(&participation));
     Some(participation)
 }
@@ -304,7 +306,7 @@ impl Participation {
                     warn_once(
                         format!("entry {why:?}"),
                         format!(
-                            "cpuguard ignores a {} in {} ({name}); it neither causes nor \
+                            "cpuguard ignores {} in {} ({name}); it neither causes nor \
                              blocks a drain (said once per kind)",
                             why.describe(),
                             state.files.path().display()

@@ -437,10 +437,29 @@ impl BudgetFiles {
         if st.st_size > MAX_ENTRY_LEN as i64 {
             return rejected(Rejection::Oversized);
         }
+        let file = File::from(fd);
+        let mut buf = [0u8; MAX_ENTRY_LEN + 1];
+        // One retry: a read can meet a rewrite half-done.
+        let mut parsed = Err(Rejection::Malformed);
+        for _ in 0..2 {
+            parsed = match read_upto(&file, &mut buf) {
+                // Its process has joined but not written yet.
+                Ok(0) => return None,
+                Ok(n) => Entry::parse(&buf[..n]),
+                Err(_) => Err(Rejection::Malformed),
+            };
+            if parsed.is_ok() {
+                break;
+            }
+        }
+        let entry = match parsed {
+            Ok(entry) => entry,
+            Err(why) => return rejected(why),
+        };
         // Live processes hold theirs exclusively: if we get it, nobody does.
-        match flock(&fd, Lock::SharedNow) {
+        match flock(&file, Lock::SharedNow) {
             Ok(true) => {
-                let _ = flock(&fd, Lock::Unlock);
+                let _ = flock(&file, Lock::Unlock);
                 // Remove it so it is warned about once, not at every look;
                 // its owner (if one is starting) re-checks after locking.
                 self.unlink_if_same(name, &st);
@@ -449,26 +468,10 @@ impl BudgetFiles {
             Ok(false) => {}
             Err(_) => return rejected(Rejection::Malformed),
         }
-        let file = File::from(fd);
-        let mut buf = [0u8; MAX_ENTRY_LEN + 1];
-        // One retry: a read can meet a rewrite half-done.
-        let mut last = Rejection::Malformed;
-        for _ in 0..2 {
-            let n = match read_upto(&file, &mut buf) {
-                Ok(n) => n,
-                Err(_) => return rejected(Rejection::Malformed),
-            };
-            let parsed = Entry::parse(&buf[..n])
-                .and_then(|e| e.check(pid, st.st_uid, self.uid, now_ms).map(|()| e));
-            match parsed {
-                Ok(entry) => return Some(Found::Entry(entry)),
-                Err(why) => last = why,
-            }
-            if last != Rejection::Malformed {
-                break;
-            }
+        match entry.check(pid, st.st_uid, self.uid, now_ms) {
+            Ok(()) => Some(Found::Entry(entry)),
+            Err(why) => rejected(why),
         }
-        rejected(last)
     }
 
     fn unlink_if_same(&self, name: &str, st: &libc::stat) {

@@ -210,12 +210,12 @@ impl Rejection {
 
     pub fn describe(self) -> &'static str {
         match self {
-            Rejection::Oversized => "oversized entry",
-            Rejection::Malformed => "malformed entry",
-            Rejection::Dead => "entry of a dead process",
-            Rejection::Outdated => "entry not updated by its (hung?) process",
-            Rejection::OtherUser => "entry of another user",
-            Rejection::NotAFile => "symlink or non-regular entry",
+            Rejection::Oversized => "an oversized entry",
+            Rejection::Malformed => "a malformed entry",
+            Rejection::Dead => "an entry of a dead process",
+            Rejection::Outdated => "an entry not updated by its (hung?) process",
+            Rejection::OtherUser => "an entry of another user",
+            Rejection::NotAFile => "a symlink or non-regular entry",
         }
     }
 }
