@@ -119,7 +119,13 @@ pub fn euid() -> u32 {
 
 /// Checks an opened directory: ours, and writable by nobody else unless
 /// shared on purpose (then at least not by everybody).
-fn check_dir(fd: &OwnedFd, path: &Path, group_shared: bool, uid: u32) -> Result<(), DirError> {
+fn check_dir(
+    fd: &OwnedFd,
+    path: &Path,
+    group_shared: bool,
+    uid: u32,
+    any_owner: bool,
+) -> Result<(), DirError> {
     let st = fstat(fd).map_err(|err| DirError::Io {
         path: path.to_owned(),
         what: "stat it",
@@ -129,7 +135,7 @@ fn check_dir(fd: &OwnedFd, path: &Path, group_shared: bool, uid: u32) -> Result<
         return Err(DirError::NotADirectory(path.to_owned()));
     }
     // A group-shared directory may be root's (made by an admin or a mount).
-    let owner_ok = st.st_uid == uid || (group_shared && st.st_uid == 0);
+    let owner_ok = st.st_uid == uid || (group_shared && (st.st_uid == 0 || any_owner));
     if !owner_ok {
         return Err(DirError::Owner {
             path: path.to_owned(),
@@ -157,6 +163,9 @@ fn open_dir_at(
     group_shared: bool,
     uid: u32,
 ) -> Result<OwnedFd, DirError> {
+    // In a group-shared directory, a budget subdirectory may have been made
+    // by another member of the group; the directory itself must be ours or root's.
+    let any_owner = parent.is_some();
     let io_err = |what, err| DirError::Io {
         path: path.to_owned(),
         what,
@@ -221,7 +230,7 @@ fn open_dir_at(
         }
         Err(err) => return Err(io_err("open it", err)),
     };
-    check_dir(&fd, path, group_shared, uid)?;
+    check_dir(&fd, path, group_shared, uid, any_owner)?;
     Ok(fd)
 }
 
@@ -567,4 +576,115 @@ fn read_upto(file: &File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    //! `flock` locks belong to open files, so two joins in one process
+    //! behave like two processes: enough to test the lock protocol here.
+
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn budget() -> BudgetId {
+        BudgetId::Root { dev: 7, ino: 8 }
+    }
+
+    fn entry(pid: i32, uid: u32) -> Entry {
+        Entry {
+            pid,
+            uid,
+            cpu: 0.5,
+            wants: true,
+            interval_ms: 1000,
+            seq: 1,
+            at_ms: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn drain_lock_serializes_and_counts_drains() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CoordDir::open(&tmp.path().join("c"), false).unwrap();
+        let mut a = dir.join(&budget(), 101).unwrap();
+        let mut b = dir.join(&budget(), 102).unwrap();
+        assert!(!b.drain_state().unwrap().1);
+        let first = a.take_drain().unwrap().expect("free lock");
+        assert_eq!((first.epoch, first.pid, first.active), (1, 101, true));
+        // Held: B cannot take it and sees it in flight.
+        assert_eq!(b.take_drain().unwrap(), None);
+        assert_eq!(b.drain_state().unwrap(), (first, true));
+        a.release_drain();
+        let (record, in_flight) = b.drain_state().unwrap();
+        assert_eq!((record.epoch, record.active, in_flight), (1, false, false));
+        assert_eq!(b.take_drain().unwrap().unwrap().epoch, 2);
+        // A drainer that goes away (dies) frees the lock though its record
+        // still says active.
+        drop(b);
+        let (record, in_flight) = a.drain_state().unwrap();
+        assert_eq!((record.epoch, in_flight), (2, false));
+    }
+
+    #[test]
+    fn scan_sees_live_entries_and_clears_dead_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CoordDir::open(&tmp.path().join("c"), false).unwrap();
+        let uid = euid();
+        let a = dir.join(&budget(), 201).unwrap();
+        let b = dir.join(&budget(), 202).unwrap();
+        // Joined but not written yet: not an entry, not a warning.
+        assert!(a.scan(1_000_000).unwrap().is_empty());
+        b.publish(&entry(202, uid)).unwrap();
+        let found = a.scan(1_000_000).unwrap();
+        assert!(
+            matches!(found.as_slice(), [Found::Entry(e)] if e.pid == 202),
+            "{found:?}"
+        );
+        // A well-formed entry nobody holds: its process died.
+        let path = a.path().join("203.entry");
+        std::fs::write(&path, entry(203, uid).encode()).unwrap();
+        let found = a.scan(1_000_000).unwrap();
+        assert!(
+            found.iter().any(|f| matches!(
+                f,
+                Found::Rejected {
+                    why: Rejection::Dead,
+                    ..
+                }
+            )),
+            "{found:?}"
+        );
+        assert!(!path.exists(), "the dead entry is cleared away");
+        // B leaves: its entry goes with it.
+        drop(b);
+        assert!(a.scan(1_000_000).unwrap().is_empty());
+    }
+
+    #[test]
+    fn directory_checks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("c");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o770)).unwrap();
+        let err = CoordDir::open(&path, false).unwrap_err();
+        assert!(matches!(err, DirError::Mode { mode: 0o770, .. }), "{err}");
+        // Shared with the group on purpose: accepted; open to others: never.
+        assert!(CoordDir::open(&path, true).is_ok());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(matches!(
+            CoordDir::open(&path, true).unwrap_err(),
+            DirError::Mode { .. }
+        ));
+        let link = tmp.path().join("l");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            CoordDir::open(&link, true).unwrap_err(),
+            DirError::Symlink(_)
+        ));
+        // Missing: created 0700.
+        let fresh = tmp.path().join("new");
+        CoordDir::open(&fresh, false).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700);
+    }
 }
