@@ -219,8 +219,8 @@ impl Participation {
     }
 
     /// At each sample of group `group`, before its policy judges it. Also
-    /// refreshes the process's CPU rate (once per `interval` at most, however
-    /// many groups share the participation).
+    /// refreshes the process's CPU rate (at most every half `interval`, so
+    /// several groups sharing the participation do not shorten its window).
     pub fn look(&self, group: usize, now: Instant, interval: Duration) -> Look {
         let mut state = lock(&self.state);
         state.interval = state.interval.min(interval);
