@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group};
 use gstcpuguard::coordinator::{Candidate, Coordinator, heaviest};
+use gstcpuguard::hostwide::files::{BudgetFiles, CoordDir};
+use gstcpuguard::hostwide::{self, BudgetId, Entry, Peer};
 use gstcpuguard::load::{HostPaths, LoadMeter, LoadSourceKind};
 use gstcpuguard::policy::{Policy, PolicyConfig, Verdict};
 
@@ -138,6 +140,96 @@ fn coordinator(c: &mut Criterion) {
     step.finish();
 }
 
+/// A coordination directory holding `n` live processes' entries (each
+/// locked through its own open file, as separate processes hold theirs),
+/// ours being the first.
+fn budget_with(n: usize) -> (tempfile::TempDir, Vec<BudgetFiles>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = CoordDir::open(&tmp.path().join("coord"), false).expect("coordination dir");
+    let budget = BudgetId::Root { dev: 1, ino: 2 };
+    let files: Vec<BudgetFiles> = (0..n)
+        .map(|i| {
+            let pid = 1_000_000 + i as i32;
+            let files = dir.join(&budget, pid).expect("joined");
+            files
+                .publish(&entry(pid, i as f64 / 10.0))
+                .expect("published");
+            files
+        })
+        .collect();
+    (tmp, files)
+}
+
+fn entry(pid: i32, cpu: f64) -> Entry {
+    Entry {
+        pid,
+        uid: hostwide::files::euid(),
+        cpu,
+        wants: false,
+        interval_ms: 1000,
+        seq: 1,
+        at_ms: now_ms(),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Cross-process coordination with 1, 4, 16 and 64 processes on one budget.
+/// Every sample: look at the drain lock, rewrite our entry. A decision
+/// (only when the policy says drain): read every entry and rank them.
+fn crossproc(c: &mut Criterion) {
+    let mut sample = c.benchmark_group("hostwide/sample");
+    for n in [1usize, 4, 16, 64] {
+        let (_tmp, files) = budget_with(n);
+        let ours = &files[0];
+        let mut seq = 0;
+        sample.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let state = ours.drain_state().expect("drain lock");
+                seq += 1;
+                let mut e = entry(1_000_000, 0.5);
+                e.seq = seq;
+                ours.publish(&e).expect("published");
+                black_box(state)
+            })
+        });
+    }
+    sample.finish();
+
+    let mut decide = c.benchmark_group("hostwide/decision");
+    for n in [1usize, 4, 16, 64] {
+        let (_tmp, files) = budget_with(n);
+        let ours = &files[0];
+        decide.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let found = ours.scan(now_ms()).expect("scan");
+                let peers: Vec<Peer> = found
+                    .into_iter()
+                    .filter_map(|f| match f {
+                        hostwide::files::Found::Entry(e) => Some(Peer {
+                            pid: e.pid,
+                            cpu: e.cpu,
+                            wants: e.wants,
+                        }),
+                        hostwide::files::Found::Rejected { .. } => None,
+                    })
+                    .collect();
+                let me = Peer {
+                    pid: 1_000_000,
+                    cpu: 0.5,
+                    wants: true,
+                };
+                black_box(hostwide::choose(&me, &peers, true))
+            })
+        });
+    }
+    decide.finish();
+}
+
 fn criterion() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -148,7 +240,7 @@ fn criterion() -> Criterion {
 criterion_group! {
     name = micro;
     config = criterion();
-    targets = load, policy, coordinator
+    targets = load, policy, coordinator, crossproc
 }
 
 /// `cargo bench` passes `--bench`; `cargo test --all-targets -- --test-threads=2`
@@ -176,5 +268,9 @@ fn smoke() {
     let candidates = candidates(16);
     let victim = heaviest(&candidates).expect("a live candidate");
     assert!(candidates.iter().all(|c| c.ending || c.cpu <= victim.cpu));
+    let (_tmp, files) = budget_with(4);
+    let found = files[0].scan(now_ms()).expect("scan");
+    assert_eq!(found.len(), 3, "{found:?}");
+    assert!(files[0].drain_state().is_ok());
     println!("micro bench smoke check passed");
 }

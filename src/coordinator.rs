@@ -45,6 +45,9 @@ pub enum Decision<K> {
 pub struct Coordinator<K> {
     policy: Policy,
     in_flight: Option<K>,
+    /// The policy said drain but the drain was deferred (another process
+    /// of the budget goes first): the decision stands while load stays high.
+    armed: Option<(Trigger, f64)>,
 }
 
 impl<K: Clone + PartialEq> Coordinator<K> {
@@ -52,6 +55,7 @@ impl<K: Clone + PartialEq> Coordinator<K> {
         Ok(Coordinator {
             policy: Policy::new(config)?,
             in_flight: None,
+            armed: None,
         })
     }
 
@@ -78,6 +82,29 @@ impl<K: Clone + PartialEq> Coordinator<K> {
         }
     }
 
+    /// The drain just chosen for `id` may not start yet (another process of
+    /// the same budget goes first, or holds the drain lock). The decision is
+    /// kept: while the load stays at or above soft, each next sample chooses
+    /// again at once, without a new hold.
+    pub fn defer(&mut self, id: &K, trigger: Trigger, threshold: f64) {
+        if self.in_flight.as_ref() == Some(id) {
+            self.in_flight = None;
+            self.armed = Some((trigger, threshold));
+        }
+    }
+
+    /// A drain ended elsewhere (another process of the budget): start a fresh
+    /// hold, as after our own drain.
+    pub fn restart(&mut self) {
+        self.policy.reset();
+        self.armed = None;
+    }
+
+    /// Whether a deferred decision is waiting for its turn.
+    pub fn armed(&self) -> bool {
+        self.armed.is_some()
+    }
+
     /// Feeds one sample of the shared load with each candidate's CPU use.
     pub fn observe(&mut self, load: f64, candidates: &[Candidate<K>]) -> Decision<K> {
         if let Some(id) = &self.in_flight {
@@ -91,8 +118,11 @@ impl<K: Clone + PartialEq> Coordinator<K> {
             self.policy.reset();
         }
         let verdict = self.policy.observe(load);
-        let Verdict::Drain { trigger, threshold } = verdict else {
-            return Decision::Wait(verdict);
+        let (trigger, threshold) = match (verdict, self.armed.take()) {
+            (Verdict::Drain { trigger, threshold }, _) => (trigger, threshold),
+            // Load fell back: the deferred decision lapses.
+            (Verdict::Calm, Some(_)) | (_, None) => return Decision::Wait(verdict),
+            (_, Some(armed)) => armed,
         };
         match heaviest(candidates) {
             Some(victim) => {
@@ -211,6 +241,30 @@ mod tests {
             c.observe(0.9, &rest),
             Decision::Drain(Victim { id: "b", .. })
         ));
+    }
+
+    #[test]
+    fn deferred_decision_stands_while_high_and_lapses_when_calm() {
+        let mut c = coordinator(3, 1);
+        let j = jobs(&[("a", 0.5)]);
+        c.observe(0.9, &j);
+        c.observe(0.9, &j);
+        let Decision::Drain(v) = c.observe(0.9, &j) else {
+            panic!("expected a drain")
+        };
+        c.defer(&v.id, v.trigger, v.threshold);
+        assert!(c.armed());
+        // Still high: chosen again at once, no new hold.
+        assert!(matches!(c.observe(0.86, &j), Decision::Drain(_)));
+        c.defer(&"a", Trigger::Soft, 0.85);
+        // Calm: the decision lapses, and a fresh hold is needed.
+        assert!(matches!(c.observe(0.1, &j), Decision::Wait(Verdict::Calm)));
+        assert!(!c.armed());
+        assert!(matches!(c.observe(0.9, &j), Decision::Wait(_)));
+        // A drain elsewhere: fresh hold too.
+        c.observe(0.9, &j);
+        c.restart();
+        assert!(matches!(c.observe(0.9, &j), Decision::Wait(_)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod coordinator;
 pub mod cpuguard;
 pub mod crashsafe;
+pub mod hostwide;
 pub mod load;
 pub mod policy;
 pub mod reason;

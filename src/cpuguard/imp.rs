@@ -13,6 +13,7 @@ use super::drain;
 use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
 use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
+use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
 use crate::policy::{Policy, PolicyConfig};
 use crate::reason::EndReason;
@@ -41,6 +42,7 @@ const DEFAULT_CRASH_SAFE: bool = false;
 /// `refusal` codes of `cpuguard-drain-refused`.
 const REFUSED_ENDING: &str = "ending-by-itself";
 const REFUSED_DRAINING: &str = "already-draining";
+const DEFAULT_COORDINATION_DIR: &str = "auto";
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -59,6 +61,9 @@ struct Settings {
     cpu_request: f64,
     crash_safe: bool,
     crash_safe_interval_ms: u32,
+    /// `auto`, `none` or an absolute path.
+    coordination_dir: String,
+    coordination_group_shared: bool,
 }
 
 impl Default for Settings {
@@ -77,6 +82,8 @@ impl Default for Settings {
             cpu_request: 0.0,
             crash_safe: DEFAULT_CRASH_SAFE,
             crash_safe_interval_ms: crate::crashsafe::DEFAULT_INTERVAL_MS,
+            coordination_dir: DEFAULT_COORDINATION_DIR.to_owned(),
+            coordination_group_shared: false,
         }
     }
 }
@@ -91,13 +98,23 @@ impl Settings {
         }
     }
 
-    fn sampler_key(&self) -> SamplerKey {
-        SamplerKey {
+    fn sampler_key(&self) -> Result<SamplerKey, DirSettingError> {
+        let xdg = std::env::var("XDG_RUNTIME_DIR").ok();
+        let env = std::env::var(hostwide::DIR_ENV).ok();
+        let coordination_dir = hostwide::resolve_dir(
+            &self.coordination_dir,
+            hostwide::files::euid(),
+            xdg.as_deref(),
+            env.as_deref(),
+        )?;
+        Ok(SamplerKey {
             source: self.load_source.into(),
             root: self.root.clone(),
             interval: self.interval(),
             cpu_request: CpuRequest::from_cpus(self.cpu_request).map(|r| r.cpus().to_bits()),
-        }
+            coordination_dir,
+            group_shared: self.coordination_group_shared,
+        })
     }
 
     fn interval(&self) -> Duration {
@@ -143,6 +160,9 @@ struct DrainNotice {
     source: &'static str,
     /// CPUs used by the threads streaming through this element.
     cpu: f64,
+    /// How far the victim choice reached, and how many were compared.
+    scope: Scope,
+    candidates: usize,
 }
 
 pub struct CpuGuard {
@@ -331,6 +351,15 @@ impl CpuGuard {
         }
     }
 
+    /// A once-only warning about cross-process coordination (unusable
+    /// directory, a bad entry): on the bus as a WARNING message.
+    pub(super) fn on_coordination_warning(&self, id: u64, text: &str) {
+        if !self.is_member(id) {
+            return;
+        }
+        gst::element_imp_warning!(self, gst::ResourceError::Settings, ("{}", text));
+    }
+
     /// The sampler chose us as the victim. Returns whether a drain started
     /// (dry run: whether the report was made).
     pub(super) fn chosen(
@@ -340,6 +369,7 @@ impl CpuGuard {
         source: LoadSourceKind,
         cpu: f64,
         dry_run: bool,
+        (scope, candidates): (Scope, usize),
     ) -> bool {
         if !self.is_member(id) {
             return false;
@@ -351,6 +381,8 @@ impl CpuGuard {
             trigger: victim.trigger.as_str(),
             source: source.as_str(),
             cpu,
+            scope,
+            candidates,
         };
         let (trigger, threshold) = (victim.trigger, victim.threshold);
         if dry_run {
@@ -366,8 +398,10 @@ impl CpuGuard {
         gst::info!(
             CAT,
             imp = self,
-            "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, the most of its group)",
-            victim.load
+            "Load {:.3} crossed the {trigger} threshold {threshold}: draining (own CPU {cpu:.3}, \
+             the most of its group; chosen among {candidates} at {} scope)",
+            victim.load,
+            scope.as_str()
         );
         self.start_drain(notice)
     }
@@ -393,6 +427,11 @@ impl CpuGuard {
             .field("trigger", notice.trigger)
             .field("source", notice.source)
             .field("cpu", notice.cpu)
+            .field("scope", notice.scope.as_str())
+            .field(
+                "candidates",
+                u32::try_from(notice.candidates).unwrap_or(u32::MAX),
+            )
             .build();
         let _ = self
             .obj()
@@ -528,6 +567,8 @@ impl CpuGuard {
             trigger: "request",
             source,
             cpu: f64::from_bits(self.last_cpu.load(Ordering::Relaxed)),
+            scope: Scope::Request,
+            candidates: 1,
         })
     }
 
@@ -730,6 +771,32 @@ impl ObjectImpl for CpuGuard {
                     .default_value(crate::crashsafe::DEFAULT_INTERVAL_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("coordination-dir")
+                    .nick("Coordination directory")
+                    .blurb(
+                        "Directory through which cpuguards of other processes judging the same \
+                         CPU budget (the host for load-source system, a cgroup for cgroup) \
+                         drain one at a time, the heaviest process first: auto = /run/cpuguard \
+                         for root, else $XDG_RUNTIME_DIR/cpuguard, else /tmp/cpuguard-<uid> \
+                         ($CPUGUARD_COORDINATION_DIR, when set, overrides auto); \
+                         none (or empty) = coordinate within this process only; else an \
+                         absolute path. It must be ours and mode 0700 (see \
+                         coordination-group-shared); when it cannot be used, a warning and \
+                         in-process coordination",
+                    )
+                    .default_value(Some(DEFAULT_COORDINATION_DIR))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("coordination-group-shared")
+                    .nick("Group-shared coordination directory")
+                    .blurb(
+                        "Accept a coordination-dir that the group may write to (not others), \
+                         owned by us or root: for processes of several users; each user's \
+                         processes still only coordinate among themselves",
+                    )
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
             ]
         });
         PROPERTIES.as_ref()
@@ -789,6 +856,16 @@ impl ObjectImpl for CpuGuard {
                 settings.crash_safe_interval_ms =
                     value.get().unwrap_or(crate::crashsafe::DEFAULT_INTERVAL_MS)
             }
+            "coordination-dir" => {
+                settings.coordination_dir = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            }
+            "coordination-group-shared" => {
+                settings.coordination_group_shared = value.get().unwrap_or(false)
+            }
             other => gst::warning!(CAT, imp = self, "No writable property {other}"),
         }
         gst::debug!(CAT, imp = self, "Settings now {:?}", *settings);
@@ -811,6 +888,8 @@ impl ObjectImpl for CpuGuard {
             "cpu-request" => settings.cpu_request.to_value(),
             "crash-safe" => settings.crash_safe.to_value(),
             "crash-safe-interval" => settings.crash_safe_interval_ms.to_value(),
+            "coordination-dir" => settings.coordination_dir.to_value(),
+            "coordination-group-shared" => settings.coordination_group_shared.to_value(),
             _ => pspec.default_value().clone(),
         }
     }
@@ -841,7 +920,9 @@ impl ElementImpl for CpuGuard {
                  pipeline with EOS so every muxer finalizes its file. All cpuguard elements of a \
                  process with the same load-source, root and interval share one sampling thread; \
                  those with the same policy drain one at a time, the one whose streaming threads \
-                 use the most CPU first. \
+                 use the most CPU first. Across processes judging the same CPU budget (the host, \
+                 or a cgroup), drains go one at a time through coordination-dir, the process \
+                 using the most CPU first. \
                  Element messages: \
                  cpuguard-load at every sample (load: double, share of capacity; source: string; \
                  capacity: double, CPUs; cpu: double, CPUs used by this element's streaming \
@@ -849,7 +930,8 @@ impl ElementImpl for CpuGuard {
                  cpuguard-drain when a drain starts (reason: string, cpu-limit, stop-requested or \
                  the application's own; description: string, e.g. \"CPU limit reached\"; load, \
                  threshold: double; trigger: string, soft, hard or request; source: string; cpu: \
-                 double); \
+                 double; scope: string, process, host, cgroup or request, how far the victim \
+                 choice reached; candidates: uint, how many were compared); \
                  cpuguard-would-drain with the same fields when dry-run is set and a drain would \
                  start; \
                  cpuguard-drain-refused when a drain asked for does not start (reason: string; \
@@ -933,30 +1015,31 @@ impl BaseTransformImpl for CpuGuard {
             config,
             dry_run: settings.dry_run,
         };
-        let registration = sampler::register(
-            &self.obj(),
-            settings.sampler_key(),
-            policy,
-            self.threads.clone(),
-        )
-        .map_err(|err| match err {
-            sampler::RegisterError::Policy(err) => gst::error_msg!(
+        let key = settings.sampler_key().map_err(|err| {
+            gst::error_msg!(
                 gst::LibraryError::Settings,
                 ("Invalid cpuguard settings: {}", err)
-            ),
-            sampler::RegisterError::Meter(err) => gst::error_msg!(
-                gst::ResourceError::OpenRead,
-                (
-                    "cpuguard cannot measure load with load-source={}: {}",
-                    LoadSourceKind::from(settings.load_source).as_str(),
-                    err
-                )
-            ),
-            sampler::RegisterError::Thread(err) => gst::error_msg!(
-                gst::CoreError::Thread,
-                ("cpuguard cannot start its sampling thread: {}", err)
-            ),
+            )
         })?;
+        let registration = sampler::register(&self.obj(), key, policy, self.threads.clone())
+            .map_err(|err| match err {
+                sampler::RegisterError::Policy(err) => gst::error_msg!(
+                    gst::LibraryError::Settings,
+                    ("Invalid cpuguard settings: {}", err)
+                ),
+                sampler::RegisterError::Meter(err) => gst::error_msg!(
+                    gst::ResourceError::OpenRead,
+                    (
+                        "cpuguard cannot measure load with load-source={}: {}",
+                        LoadSourceKind::from(settings.load_source).as_str(),
+                        err
+                    )
+                ),
+                sampler::RegisterError::Thread(err) => gst::error_msg!(
+                    gst::CoreError::Thread,
+                    ("cpuguard cannot start its sampling thread: {}", err)
+                ),
+            })?;
         gst::info!(
             CAT,
             imp = self,

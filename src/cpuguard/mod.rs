@@ -4,6 +4,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod crossproc;
 mod direct;
 pub mod drain;
 mod imp;

@@ -24,9 +24,11 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 
+use super::crossproc::{self, Look, Participation};
 use super::monitor::Monitor;
 use super::threads::{CpuUse, StreamingThreads};
 use crate::coordinator::{Candidate, Coordinator, Decision, Victim};
+use crate::hostwide::Scope;
 use crate::load::{CpuRequest, HostPaths, LoadError, LoadMeter, LoadSample, LoadSourceKind};
 use crate::policy::{ConfigError, PolicyConfig, START_UP_SAMPLES, Verdict};
 
@@ -41,6 +43,10 @@ pub(super) struct SamplerKey {
     pub interval: Duration,
     /// CPU request as f64 bits (hashable); `None` = unset.
     pub cpu_request: Option<u64>,
+    /// Where drains are coordinated with other processes; `None` = only
+    /// within this process.
+    pub coordination_dir: Option<std::path::PathBuf>,
+    pub group_shared: bool,
 }
 
 /// What instances must agree on to share a coordinator.
@@ -86,6 +92,17 @@ struct GroupState {
     coordinators: Vec<(PolicyKey, Coordinator<u64>)>,
     due: Instant,
     failing: bool,
+    cross: Cross,
+}
+
+/// The group's part in cross-process coordination.
+enum Cross {
+    /// Not looked at yet: joined at the first sample with a member that can
+    /// drain (dry-run groups never take part).
+    Pending,
+    /// In-process only (turned off, `process` load, or the directory is unusable).
+    Off,
+    On(Arc<Participation>),
 }
 
 struct Group {
@@ -150,6 +167,9 @@ impl Drop for Registration {
             if !members.is_empty() {
                 return;
             }
+            if let Cross::On(participation) = std::mem::replace(&mut state.cross, Cross::Off) {
+                participation.leave(Arc::as_ptr(&self.group) as usize);
+            }
             if registry
                 .get(&self.group.key)
                 .is_some_and(|g| Arc::ptr_eq(g, &self.group))
@@ -206,6 +226,9 @@ struct Chosen {
     policy: PolicyKey,
     cpu: f64,
     dry_run: bool,
+    /// How far the choice reached, and how many were compared.
+    scope: Scope,
+    candidates: usize,
 }
 
 enum Outcome {
@@ -213,6 +236,8 @@ enum Outcome {
         sample: LoadSample,
         cpu: HashMap<u64, f64>,
         chosen: Vec<Chosen>,
+        /// Once-only coordination warnings, for the bus.
+        warnings: Vec<String>,
     },
     Failed {
         err: LoadError,
@@ -239,6 +264,7 @@ impl Group {
                 coordinators: Vec::new(),
                 due: Instant::now() + interval,
                 failing: false,
+                cross: Cross::Pending,
             }),
             monitor: Mutex::new(None),
         });
@@ -276,7 +302,7 @@ impl Group {
                 .iter()
                 .map(|(id, element)| (*id, element.imp().facts()))
                 .collect();
-            let outcome = lock(&self.state).sample(now, self.key.interval, &facts);
+            let outcome = lock(&self.state).sample(self, now, &facts);
             self.deliver(outcome, &members);
         }
         let until_due = lock(&self.state)
@@ -286,7 +312,7 @@ impl Group {
     }
 
     fn deliver(&self, outcome: Outcome, members: &[(u64, Element)]) {
-        let (sample, cpu, chosen) = match outcome {
+        let (sample, cpu, chosen, warnings) = match outcome {
             Outcome::Failed { err, first } => {
                 for (id, element) in members {
                     element.imp().on_sample_error(*id, &err, first);
@@ -297,8 +323,14 @@ impl Group {
                 sample,
                 cpu,
                 chosen,
-            } => (sample, cpu, chosen),
+                warnings,
+            } => (sample, cpu, chosen, warnings),
         };
+        if let Some((id, element)) = members.first() {
+            for text in &warnings {
+                element.imp().on_coordination_warning(*id, text);
+            }
+        }
         for (id, element) in members {
             let own = cpu.get(id).copied().unwrap_or(0.0);
             element.imp().on_sample(*id, &sample, own);
@@ -315,6 +347,7 @@ impl Group {
                         sample.source,
                         chosen.cpu,
                         chosen.dry_run,
+                        (chosen.scope, chosen.candidates),
                     )
                 });
             if !started && !chosen.dry_run {
@@ -354,12 +387,47 @@ fn describe(members: &[Member], candidates: &[Candidate<u64>]) -> String {
 }
 
 impl GroupState {
+    /// Joins the budget's cross-process coordination once a member that can
+    /// drain is here.
+    fn cross_join(&mut self, key: &SamplerKey, warnings: &mut Vec<String>) {
+        if !matches!(self.cross, Cross::Pending) || self.members.iter().all(|m| m.policy.dry_run) {
+            return;
+        }
+        let Some(dir) = &key.coordination_dir else {
+            self.cross = Cross::Off;
+            return;
+        };
+        self.cross = match crossproc::budget_of(&self.meter) {
+            Ok(None) => {
+                gst::debug!(
+                    super::imp::CAT,
+                    "load-source=process judges this process alone: no cross-process coordination"
+                );
+                Cross::Off
+            }
+            Ok(Some(budget)) => {
+                match crossproc::join(dir, key.group_shared, budget, key.interval, warnings) {
+                    Some(p) => Cross::On(p),
+                    None => Cross::Off,
+                }
+            }
+            Err(err) => {
+                warnings.push(format!(
+                    "cpuguard cannot tell which CPU budget its load judges ({err}); drains are                      coordinated within this process only"
+                ));
+                Cross::Off
+            }
+        };
+    }
+
     fn sample(
         &mut self,
+        group: &Group,
         now: Instant,
-        interval: Duration,
         facts: &HashMap<u64, MemberFacts>,
     ) -> Outcome {
+        let interval = group.key.interval;
+        let gid = group as *const Group as usize;
         self.due = now + interval;
         let sample = match self.meter.sample(now) {
             Ok(sample) => sample,
@@ -386,12 +454,45 @@ impl GroupState {
                 cpu.insert(member.id, member.cpu.update(&member.threads, now));
             }
         }
+        let mut warnings = Vec::new();
+        self.cross_join(&group.key, &mut warnings);
+        let participation = match &self.cross {
+            Cross::On(p) => Some(p.clone()),
+            _ => None,
+        };
+        let look = participation
+            .as_ref()
+            .map_or(Look::Clear, |p| p.look(gid, now, interval));
         let mut chosen = Vec::new();
+        let (mut in_flight, mut wants) = (false, false);
         for (policy, coordinator) in &mut self.coordinators {
             if let Some(id) = coordinator.in_flight().copied()
                 && facts.get(&id).is_some_and(|f| f.drain_finished)
             {
                 coordinator.finished(&id);
+            }
+            if !policy.dry_run {
+                match look {
+                    Look::Busy { pid } => {
+                        // As for a drain of ours: the load says nothing about
+                        // the next victim until it is over.
+                        gst::debug!(
+                            super::imp::CAT,
+                            "Load {:.3}: waiting for the drain of pid {pid} (another process                              of this budget) to finish",
+                            sample.load
+                        );
+                        in_flight |= coordinator.in_flight().is_some();
+                        continue;
+                    }
+                    Look::Fresh => {
+                        gst::debug!(
+                            super::imp::CAT,
+                            "A drain ran in another process of this budget: fresh hold"
+                        );
+                        coordinator.restart();
+                    }
+                    Look::Clear => {}
+                }
             }
             // Only members whose facts were read: one that joined since then
             // waits for the next sample.
@@ -411,7 +512,26 @@ impl GroupState {
             if candidates.is_empty() {
                 continue;
             }
-            match coordinator.observe(sample.load, &candidates) {
+            let decision = coordinator.observe(sample.load, &candidates);
+            let (scope, verdict) = match (&decision, &participation) {
+                (Decision::Drain(victim), Some(p)) if !policy.dry_run => {
+                    match p.arbitrate(gid, now, &mut warnings) {
+                        crossproc::Verdict::Go { scope, candidates } => (scope, Some(candidates)),
+                        crossproc::Verdict::Wait => {
+                            coordinator.defer(&victim.id, victim.trigger, victim.threshold);
+                            wants = true;
+                            gst::debug!(
+                                super::imp::CAT,
+                                "Load {:.3} calls for a drain; another process of the budget                                  goes first",
+                                sample.load
+                            );
+                            continue;
+                        }
+                    }
+                }
+                _ => (Scope::Process, None),
+            };
+            match decision {
                 Decision::Drain(victim) => {
                     gst::info!(
                         super::imp::CAT,
@@ -428,11 +548,14 @@ impl GroupState {
                         // Nothing will drain: never let it block the next decision.
                         coordinator.finished(&victim.id);
                     }
+                    let local = candidates.iter().filter(|c| !c.ending).count();
                     chosen.push(Chosen {
                         cpu: cpu.get(&victim.id).copied().unwrap_or(0.0),
                         victim,
                         policy: *policy,
                         dry_run,
+                        scope,
+                        candidates: verdict.unwrap_or(local),
                     });
                 }
                 Decision::Wait(Verdict::Rising { count, hold }) => {
@@ -473,10 +596,20 @@ impl GroupState {
                 }
             }
         }
+        for (policy, coordinator) in &self.coordinators {
+            if !policy.dry_run {
+                in_flight |= coordinator.in_flight().is_some();
+                wants |= coordinator.armed();
+            }
+        }
+        if let Some(p) = &participation {
+            p.settle(gid, in_flight, wants);
+        }
         Outcome::Sampled {
             sample,
             cpu,
             chosen,
+            warnings,
         }
     }
 }

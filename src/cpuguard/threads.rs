@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::load::own_thread_cpu_time;
+use crate::load::{own_thread_cpu_time, smooth_cpu};
 
 thread_local! {
     /// gettid is a syscall; a streaming thread asks once per buffer, so keep it.
@@ -118,10 +118,7 @@ impl CpuUse {
             // No window yet: nothing to say, and a 0 would drag the average.
             _ => return self.last(),
         };
-        let smoothed = match self.smoothed {
-            Some(prev) => (prev + share) / 2.0,
-            None => share,
-        };
+        let smoothed = smooth_cpu(self.smoothed, share);
         self.smoothed = Some(smoothed);
         smoothed
     }

@@ -35,7 +35,9 @@ use cgroup::{Cgroups, CpuCgroup, UsageFile};
 pub use error::LoadError;
 use paths::HostFile;
 pub use paths::HostPaths;
-pub use process::{own_thread_cpu_time, process_cpu_seconds, thread_cpu_seconds};
+pub use process::{
+    own_process_cpu_time, own_thread_cpu_time, process_cpu_seconds, smooth_cpu, thread_cpu_seconds,
+};
 pub use request::{CpuRequest, CpuRequestError};
 
 /// Which counter a [`LoadMeter`] follows.
@@ -323,6 +325,22 @@ impl LoadMeter {
     /// The resolved source, never `Auto`.
     pub fn source(&self) -> LoadSourceKind {
         self.source
+    }
+
+    /// The cgroup directory whose usage or pressure this meter follows;
+    /// `None` when it follows the host (`system`, host-wide `psi`) or only
+    /// this process. This is the CPU budget the load judges.
+    pub fn measured_cgroup(&self) -> Option<&Path> {
+        match &self.counter {
+            Counter::Cgroup(usage) => usage.path.parent(),
+            Counter::Psi { pressure } if pressure.ends_with("cpu.pressure") => pressure.parent(),
+            _ => None,
+        }
+    }
+
+    /// The root the meter reads `/proc` and `/sys` under.
+    pub fn paths(&self) -> &HostPaths {
+        &self.origin.paths
     }
 
     /// CPUs available, as of the last read.

@@ -29,6 +29,23 @@ pub(crate) fn thread_cpu_clock(tid: i32) -> nix::libc::clockid_t {
 /// CPU time of thread `tid` of this process, from its CPU clock: one
 /// syscall, nanosecond precision, no file. Fails once the thread has exited
 /// (the kernel also refuses a tid of another process).
+/// CPU time of this whole process, every thread included (encoder worker
+/// pools too): what cross-process ranking compares.
+pub fn own_process_cpu_time() -> Result<Duration, nix::errno::Errno> {
+    clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map(Duration::from)
+}
+
+/// One smoothing for every CPU rate that ranks a victim (an element's
+/// streaming threads, a whole process): the mean of the previous value and
+/// this window's share, about two samples' worth, so one short window (a
+/// thread scheduled just before or after the sample) does not misrank.
+pub fn smooth_cpu(previous: Option<f64>, share: f64) -> f64 {
+    match previous {
+        Some(prev) => (prev + share) / 2.0,
+        None => share,
+    }
+}
+
 pub fn own_thread_cpu_time(tid: i32) -> Result<Duration, nix::errno::Errno> {
     let clock = ClockId::from_raw(thread_cpu_clock(tid));
     clock_gettime(clock).map(Duration::from)

@@ -117,6 +117,23 @@ pub struct Cli {
     )]
     pub cpu_request: Option<CpuRequest>,
 
+    /// Directory through which cpuguards of separate processes judging the
+    /// same CPU budget drain one at a time, the heaviest first: `auto`, an
+    /// absolute path, or `none` (coordinate within this process only). Sets
+    /// the elements' coordination-dir
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CPUGUARD_COORDINATION_DIR",
+        value_parser = coordination_dir
+    )]
+    pub coordination_dir: Option<String>,
+
+    /// Accept a group-writable --coordination-dir (owned by us or root, not
+    /// world-writable). Sets the elements' coordination-group-shared
+    #[arg(long)]
+    pub coordination_group_shared: bool,
+
     /// Run DESC in its own worker process (repeat for more): multi-pipeline mode
     #[arg(long = "pipeline", value_name = "DESC", conflicts_with = "pipeline")]
     pub pipelines: Vec<String>,
@@ -201,6 +218,8 @@ impl Cli {
             release: self.release,
             root: self.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
             cpu_request: self.cpu_request,
+            coordination_dir: self.coordination_dir.clone(),
+            coordination_group_shared: self.coordination_group_shared,
         }
     }
 
@@ -341,6 +360,13 @@ fn threshold(name: &'static str) -> impl TypedValueParser<Value = f64> {
 /// supervisor and the multi-pipeline parent accept the same quantities.
 fn cpu_request(text: &str) -> Result<CpuRequest, String> {
     text.parse().map_err(|err: CpuRequestError| err.to_string())
+}
+
+/// `--coordination-dir`: the element's own rule (auto, none, absolute path).
+fn coordination_dir(text: &str) -> Result<String, String> {
+    gstcpuguard::hostwide::resolve_dir(text, 0, None, None)
+        .map(|_| text.trim().to_owned())
+        .map_err(|err| err.to_string())
 }
 
 /// `--max-utilization`: a share of capacity, 0-1.

@@ -102,6 +102,8 @@ pub struct Overrides {
     pub release: Option<u32>,
     pub root: Option<String>,
     pub cpu_request: Option<CpuRequest>,
+    pub coordination_dir: Option<String>,
+    pub coordination_group_shared: bool,
 }
 
 impl Overrides {
@@ -126,11 +128,15 @@ impl Overrides {
             "cpu-request",
             self.cpu_request.map(|r| r.cpus().to_string()),
         );
+        push("coordination-dir", self.coordination_dir.clone());
         if self.dry_run {
             given.push("--dry-run".to_owned());
         }
         if self.drain_non_live {
             given.push("--drain-non-live".to_owned());
+        }
+        if self.coordination_group_shared {
+            given.push("--coordination-group-shared".to_owned());
         }
         given
     }
@@ -199,6 +205,25 @@ impl Overrides {
                 ));
             }
             guard.set_property("cpu-request", request.cpus());
+        }
+        for (name, value) in [
+            (
+                "coordination-dir",
+                self.coordination_dir.as_ref().map(|d| d.to_value()),
+            ),
+            (
+                "coordination-group-shared",
+                self.coordination_group_shared.then(|| true.to_value()),
+            ),
+        ] {
+            let Some(value) = value else { continue };
+            if guard.find_property(name).is_none() {
+                return Err(format!(
+                    "--{name} needs a cpuguard element with the {name} property; {} has none",
+                    guard.name()
+                ));
+            }
+            guard.set_property_from_value(name, &value);
         }
         if let Some(nick) = &self.load_source {
             let value = guard

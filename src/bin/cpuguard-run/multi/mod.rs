@@ -239,6 +239,7 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         cli.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
     );
     forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
+    forward("coordination-dir", cli.coordination_dir.clone());
     forward("drain-timeout", Some("0".to_owned()));
     forward(
         "crash-safe-interval",
@@ -249,6 +250,9 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     }
     if cli.drain_non_live {
         worker_args.push("--drain-non-live".into());
+    }
+    if cli.coordination_group_shared {
+        worker_args.push("--coordination-group-shared".into());
     }
 
     let interval_ms = cli.interval.unwrap_or(spec.interval.default);
