@@ -620,3 +620,107 @@ fn sigterm_drains_when_running_as_pid_1() {
     assert_eq!(str_field(&json, "reason"), "stop-requested");
     assert_playable(&out, &["video/x-h264"]);
 }
+
+/// gst-launch-1.0 habits: -e -m -t -v -q are accepted, and each but -e says
+/// where cpuguard-run puts what it asked for.
+#[test]
+fn gst_launch_flags_are_accepted_and_explained() {
+    let ended = spawn(&args(&[
+        "-e",
+        "-m",
+        "-t",
+        "-v",
+        "-q",
+        "videotestsrc num-buffers=3 ! fakesink",
+    ]))
+    .wait_exit(HANG);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    for flag in ["-m (", "-t (", "-v (", "-q:"] {
+        assert!(
+            ended.stderr.contains(&format!("note: {flag}")),
+            "{flag}: {}",
+            ended.stderr
+        );
+    }
+    assert_eq!(str_field(&ended.json(), "status"), "COMPLETE");
+}
+
+/// An option after the pipeline is a usage error that says so, not a
+/// parser complaint about a missing element.
+#[test]
+fn an_option_after_the_pipeline_is_a_clear_usage_error() {
+    for late in [&["--report", "r.json"][..], &["--drain-timeout=30s"][..]] {
+        let mut a = args(&["videotestsrc", "num-buffers=3", "!", "fakesink"]);
+        a.extend(late.iter().map(|s| s.to_string()));
+        let ended = spawn(&a).wait_exit(HANG);
+        assert_eq!(ended.code(), Some(2), "{}", ended.stderr);
+        assert!(
+            ended
+                .stderr
+                .contains(&format!("the option {} comes after the pipeline", late[0])),
+            "{}",
+            ended.stderr
+        );
+    }
+}
+
+/// A value a cpuguard property refuses, inside the description: the error
+/// says what the property takes, with its unit and range.
+#[test]
+fn a_bad_cpuguard_value_in_a_description_names_unit_and_range() {
+    for (description, help) in [
+        (
+            "videotestsrc ! cpuguard interval=1s ! fakesink",
+            "cpuguard's interval takes a whole number 10-",
+        ),
+        (
+            "videotestsrc ! cpuguard drain-timeout=30s ! fakesink",
+            "milliseconds (a bare number; 30 s is 30000)",
+        ),
+        (
+            "videotestsrc ! cpuguard soft-threshold=1.5 ! fakesink",
+            "cpuguard's soft-threshold takes a number 0-1",
+        ),
+    ] {
+        let ended = spawn(&args(&[description])).wait_exit(HANG);
+        assert_eq!(ended.code(), Some(2), "{}", ended.stderr);
+        assert!(
+            ended.stderr.contains(help),
+            "{description}: {}",
+            ended.stderr
+        );
+    }
+}
+
+/// HEAD /metrics answers 200 with the metrics' content type and no body, as
+/// probes expect.
+#[test]
+fn head_metrics_is_not_404() {
+    use std::io::{Read, Write};
+    let host = FakeHost::new(0.1);
+    let mut run = spawn(&args(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        &format!(
+            "videotestsrc is-live=true ! cpuguard load-source=system root={} ! fakesink",
+            host.root_str()
+        ),
+    ]));
+    let line = run.wait_stderr("metrics: serving http://");
+    let addr = line[line.find("http://").unwrap() + 7..]
+        .split("/metrics")
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).expect("metrics server accepts");
+    stream.set_read_timeout(Some(HANG)).unwrap();
+    write!(stream, "HEAD /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.contains(" 200 "), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(body.is_empty(), "HEAD with a body: {body}");
+    run.signal(Signal::SIGINT);
+    assert_no_panic(&run.wait_exit(HANG));
+}

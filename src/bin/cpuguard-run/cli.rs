@@ -195,6 +195,22 @@ pub struct Cli {
     #[arg(short = 'e', long = "eos-on-shutdown", hide = true)]
     pub eos_on_shutdown: bool,
 
+    /// gst-launch-1.0's -m, accepted: see [`Cli::gst_launch_notes`]
+    #[arg(short = 'm', long = "messages", hide = true)]
+    pub messages: bool,
+
+    /// gst-launch-1.0's -t, accepted
+    #[arg(short = 't', long = "tags", hide = true)]
+    pub tags: bool,
+
+    /// gst-launch-1.0's -v, accepted
+    #[arg(short = 'v', long = "verbose", hide = true)]
+    pub verbose: bool,
+
+    /// gst-launch-1.0's -q, accepted
+    #[arg(short = 'q', long = "quiet", hide = true)]
+    pub quiet: bool,
+
     /// The pipeline, as for gst-launch-1.0; its arguments are joined (options come first)
     #[arg(
         value_name = "PIPELINE",
@@ -228,6 +244,35 @@ impl Cli {
         (!self.no_crash_safe).then_some(self.crash_safe_interval)
     }
 
+    /// What gst-launch-1.0 habits given on the command line do here: they are
+    /// accepted, and each says where cpuguard-run puts what it asked for.
+    pub fn gst_launch_notes(&self) -> Vec<&'static str> {
+        [
+            (
+                self.messages,
+                "-m (gst-launch-1.0's messages): cpuguard-run reports the drain, the end \
+                 reason and the states in its JSON result; every sample and decision is in \
+                 GST_DEBUG=cpuguard:5",
+            ),
+            (
+                self.tags,
+                "-t (gst-launch-1.0's tags): the end reason is the result's `reason`; the \
+                 cpuguard-end-reason tag is also pushed into the files",
+            ),
+            (
+                self.verbose,
+                "-v (gst-launch-1.0's property changes): not printed; GST_DEBUG shows them",
+            ),
+            (
+                self.quiet,
+                "-q: cpuguard-run prints only its progress on stderr and the result on stdout",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(given, note)| given.then_some(note))
+        .collect()
+    }
+
     /// True for multi-pipeline mode (`--pipeline` or `--jobs`).
     pub fn is_multi(&self) -> bool {
         !self.pipelines.is_empty() || self.jobs.is_some()
@@ -244,6 +289,24 @@ where
     let mut command = command(spec);
     let matches = command.try_get_matches_from_mut(args)?;
     let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    // An option after the pipeline would be read as part of it, and the
+    // parser's complaint ("missing elements: report") says nothing useful.
+    let options: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_long().map(|l| format!("--{l}")))
+        .collect();
+    if let Some(late) = cli.pipeline.iter().find(|word| {
+        let name = word.split('=').next().unwrap_or(word);
+        options.iter().any(|o| o == name)
+    }) {
+        return Err(command.error(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "the option {late} comes after the pipeline: options go first \
+                 (cpuguard-run [OPTIONS] PIPELINE...)"
+            ),
+        ));
+    }
     if cli.max_utilization.is_some() && !cli.is_multi() {
         return Err(command.error(
             clap::error::ErrorKind::MissingRequiredArgument,

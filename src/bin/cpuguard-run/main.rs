@@ -76,6 +76,9 @@ fn run() -> u8 {
             return u8::try_from(err.exit_code()).unwrap_or(exit::USAGE);
         }
     };
+    for note in cli.gst_launch_notes() {
+        progress!("note: {note}");
+    }
     if cli.is_multi() {
         return multi::run(&cli, &spec, &router);
     }

@@ -245,15 +245,21 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<SocketAddr, Stri
         .spawn(move || {
             for request in server.incoming_requests() {
                 let path = request.url().split('?').next().unwrap_or_default();
-                let response = match (request.method(), path) {
-                    (tiny_http::Method::Get, "/metrics") => {
+                // HEAD as GET (tiny_http leaves the body out): probes and
+                // load balancers check an endpoint with it.
+                let readable = matches!(
+                    request.method(),
+                    tiny_http::Method::Get | tiny_http::Method::Head
+                );
+                let response = match (readable, path) {
+                    (true, "/metrics") => {
                         let response = tiny_http::Response::from_string(metrics.encode());
                         match tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
                             Ok(header) => response.with_header(header),
                             Err(()) => response,
                         }
                     }
-                    (tiny_http::Method::Get, "/") => {
+                    (true, "/") => {
                         tiny_http::Response::from_string("cpuguard-run: metrics are at /metrics\n")
                     }
                     _ => tiny_http::Response::from_string("not found: try /metrics\n")

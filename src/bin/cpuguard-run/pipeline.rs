@@ -51,10 +51,11 @@ fn parse(
     let mut context = gst::ParseContext::new();
     let (parsed, refused) = refused_properties(|| launch(&mut context));
     if let (Ok(_), Some(first)) = (&parsed, refused.first()) {
-        return Err(first.clone());
+        return Err(with_property_help(first));
     }
     parsed.map_err(|err| {
-        let message = err.message();
+        let message = with_property_help(err.message());
+        let message = message.as_str();
         let unnamed: Vec<String> = context
             .missing_elements()
             .into_iter()
@@ -66,6 +67,42 @@ fn parse(
             format!("{message} (missing elements: {})", unnamed.join(", "))
         }
     })
+}
+
+/// `message` with, for each cpuguard property it names, what that property
+/// takes: GLib's own text says neither the unit nor the range
+/// (`interval=1s` is refused; `drain-timeout=30` is 30 ms).
+fn with_property_help(message: &str) -> String {
+    let Ok(guard) = gst::ElementFactory::make(crate::guard::FACTORY).build() else {
+        return message.to_owned();
+    };
+    let mut help = Vec::new();
+    for pspec in guard.list_properties() {
+        let name = pspec.name();
+        if !(message.contains(&format!("\"{name}\"")) || message.contains(&format!("'{name}'"))) {
+            continue;
+        }
+        let unit = if ["interval", "drain-timeout", "crash-safe-interval"].contains(&name) {
+            " milliseconds (a bare number; 30 s is 30000)"
+        } else {
+            ""
+        };
+        let range = if let Some(p) = pspec.downcast_ref::<glib::ParamSpecUInt>() {
+            format!("a whole number {}-{}{unit}", p.minimum(), p.maximum())
+        } else if let Some(p) = pspec.downcast_ref::<glib::ParamSpecDouble>() {
+            format!("a number {}-{}", p.minimum(), p.maximum())
+        } else if pspec.value_type() == bool::static_type() {
+            "true or false".to_owned()
+        } else {
+            continue;
+        };
+        help.push(format!("cpuguard's {name} takes {range}"));
+    }
+    if help.is_empty() {
+        message.to_owned()
+    } else {
+        format!("{message} ({})", help.join("; "))
+    }
 }
 
 /// Runs `f`, collecting the GObject warnings it causes. The parser sets each
