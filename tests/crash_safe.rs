@@ -18,11 +18,12 @@ mod recording;
 
 use burner::Burner;
 use common::run::*;
+use common::{exclusive_cpu, seed};
 use nix::sys::signal::Signal;
 use recording::{Container, av_description, play_av};
 use serde_json::Value;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The default `--crash-safe-interval`.
@@ -31,23 +32,6 @@ const INTERVAL: Duration = Duration::from_secs(1);
 /// lies before the ACTIVE line (the state change is seen on the main loop,
 /// later under overload).
 const SLACK: Duration = Duration::from_millis(250);
-
-/// The tests here oversubscribe the host: one at a time.
-fn exclusive_cpu() -> MutexGuard<'static, ()> {
-    static CPU: Mutex<()> = Mutex::new(());
-    CPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn seed() -> u64 {
-    std::env::var("CPUGUARD_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
 
 /// One recording killed `after` its pipeline played, as measured.
 struct Killed {

@@ -270,6 +270,27 @@ fn skip_or_panic(why: &str) {
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Two light recorders (160x120 at 10 fps) guarded by `guard`, writing into
+/// `dir`; each waited for until it took `samples` samples, when given.
+fn light_recorders(dir: &Path, guard: &str, samples: Option<usize>) -> Vec<Recorder> {
+    ["light1", "light2"]
+        .into_iter()
+        .map(|name| {
+            let out = dir.join(format!("{name}.mp4"));
+            let r = Recorder::spawn(
+                name,
+                &recording(160, 120, 10, "ultrafast", guard, &out),
+                out,
+                None,
+            );
+            if let Some(samples) = samples {
+                started(&r, samples);
+            }
+            r
+        })
+        .collect()
+}
+
 fn started(r: &Recorder, samples: usize) {
     assert!(
         r.wait_count(samples, LONG, |l| l.contains("cpuguard-load")),
@@ -323,20 +344,7 @@ fn heaviest_process_drains_first_then_one_at_a_time_after_a_fresh_hold() {
     // tend to come after theirs in each interval, so the light ones want a
     // drain first and must wait for the heavier one (a rule that let the
     // first to want go would drain a light one first).
-    let light: Vec<Recorder> = ["light1", "light2"]
-        .into_iter()
-        .map(|name| {
-            let out = tmp.path().join(format!("{name}.mp4"));
-            let r = Recorder::spawn(
-                name,
-                &recording(160, 120, 10, "ultrafast", &g, &out),
-                out,
-                None,
-            );
-            started(&r, 2);
-            r
-        })
-        .collect();
+    let light = light_recorders(tmp.path(), &g, Some(2));
     let heavy = Recorder::spawn(
         "heavy",
         &recording(640, 360, 30, "veryfast", &g, &tmp.path().join("heavy.mp4")),
@@ -411,20 +419,7 @@ fn real_load_drains_the_heaviest_first_one_at_a_time() {
     let (tmp, coord) = coord_dir();
     let g = saturation_guard(&coord);
     // Light ones first, heavy last: see the fake-host test above.
-    let light: Vec<Recorder> = ["light1", "light2"]
-        .into_iter()
-        .map(|name| {
-            let out = tmp.path().join(format!("{name}.mp4"));
-            let r = Recorder::spawn(
-                name,
-                &recording(160, 120, 10, "ultrafast", &g, &out),
-                out,
-                None,
-            );
-            started(&r, 2);
-            r
-        })
-        .collect();
+    let light = light_recorders(tmp.path(), &g, Some(2));
     let heavy_out = tmp.path().join("heavy.mp4");
     let heavy = Recorder::spawn(
         "heavy",
@@ -490,18 +485,7 @@ fn a_drainer_killed_mid_drain_frees_the_budget() {
         None,
     );
     started(&hanger, 2);
-    let light: Vec<Recorder> = ["light1", "light2"]
-        .into_iter()
-        .map(|name| {
-            let out = tmp.path().join(format!("{name}.mp4"));
-            Recorder::spawn(
-                name,
-                &recording(160, 120, 10, "ultrafast", &g, &out),
-                out,
-                None,
-            )
-        })
-        .collect();
+    let light = light_recorders(tmp.path(), &g, None);
     for r in std::iter::once(&hanger).chain(light.iter()) {
         started(r, 4);
     }

@@ -16,34 +16,19 @@ mod recording;
 mod supervised;
 
 use burner::Burner;
-use common::{FakeHost, init, is_element_message, machine, run_until_end, structure_of};
+use common::{
+    FakeHost, exclusive_cpu, init, is_element_message, machine, run_until_end, seed, structure_of,
+};
 use gst::prelude::*;
 use nix::sys::signal::Signal;
 use recording::{Container, FRAME, av_description, play, play_av, watch_pad};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use supervised::{Supervised, stamp, state_at};
 
 /// Upper bound for a run to end once stopped: only catches hangs.
 const HANG: Duration = Duration::from_secs(60);
-
-/// Tests whose CPU figures would be spoiled by another one's burner run one at a time.
-fn exclusive_cpu() -> MutexGuard<'static, ()> {
-    static CPU: Mutex<()> = Mutex::new(());
-    CPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn seed() -> u64 {
-    std::env::var("CPUGUARD_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        })
-}
 
 fn launch(description: &str) -> gst::Pipeline {
     init();
