@@ -30,8 +30,10 @@ use std::time::{Duration, Instant};
 const INTERVAL: Duration = Duration::from_secs(1);
 /// How much more than the time recorded a file may hold: running time 0
 /// lies before the ACTIVE line (the state change is seen on the main loop,
-/// later under overload).
-const SLACK: Duration = Duration::from_millis(250);
+/// later under overload: 0.37 s was seen with the 4 burners plus a second
+/// test suite on 2 cores). A file holding more is no loss; this bound only
+/// catches a wrong measurement.
+const SLACK: Duration = Duration::from_secs(1);
 
 /// One recording killed `after` its pipeline played, as measured.
 struct Killed {
