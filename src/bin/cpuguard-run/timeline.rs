@@ -129,12 +129,21 @@ impl Timeline {
             .chain(self.workers.values().flatten())
             .map(|(_, v)| *v)
             .fold(th.hard, f64::max);
-        let y_max = (peak * 1.1).max(1.05);
+        // The data, then a band above it for the drain labels: a label never
+        // lies on the threshold lines or the load.
+        let data_top = (peak * 1.05).max(1.0);
+        let label_row = data_top * 0.08;
+        let y_max = data_top + label_row * 4.5;
 
-        let root = SVGBackend::new(&self.path, (WIDTH, HEIGHT)).into_drawing_area();
+        // The legend goes under the plot, in a strip of its own, so it
+        // covers no line.
+        let entries = 3 + self.workers.len();
+        let legend_rows = entries.div_ceil(2) as u32;
+        let root = SVGBackend::new(&self.path, (WIDTH, HEIGHT + 22 * legend_rows)).into_drawing_area();
         root.fill(&WHITE)?;
+        let (plot_area, legend_area) = root.split_vertically(HEIGHT);
         let title = format!("cpuguard-run: {outcome}");
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(&plot_area)
             .caption(title, ("sans-serif", 22))
             .margin(16)
             .x_label_area_size(42)
@@ -155,41 +164,42 @@ impl Timeline {
             .draw()?;
 
         let hline = |y: f64| vec![(0.0, y), (x_max * 1.02, y)];
-        chart
-            .draw_series(LineSeries::new(hline(th.hard), HARD_COLOR.stroke_width(2)))?
-            .label(format!("hard threshold {} (drains at once)", th.hard))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], HARD_COLOR.stroke_width(2)));
+        let mut legend: Vec<(String, RGBColor, u32)> = Vec::new();
+        chart.draw_series(LineSeries::new(hline(th.hard), HARD_COLOR.stroke_width(2)))?;
+        legend.push((
+            format!("hard threshold {} (drains at once)", th.hard),
+            HARD_COLOR,
+            2,
+        ));
         let release = if th.release > 1 {
             format!(", release {}", th.release)
         } else {
             String::new()
         };
-        chart
-            .draw_series(LineSeries::new(hline(th.soft), SOFT_COLOR.stroke_width(2)))?
-            .label(format!(
+        chart.draw_series(LineSeries::new(hline(th.soft), SOFT_COLOR.stroke_width(2)))?;
+        legend.push((
+            format!(
                 "soft threshold {} (drains after hold {}{release})",
                 th.soft, th.hold
-            ))
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], SOFT_COLOR.stroke_width(2)));
+            ),
+            SOFT_COLOR,
+            2,
+        ));
 
         for (i, (worker, points)) in self.workers.iter().enumerate() {
             let color = WORKER_COLORS[i % WORKER_COLORS.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(1),
-                ))?
-                .label(format!("worker {worker} CPU (share of capacity)"))
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color));
+            chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(1),
+            ))?;
+            legend.push((format!("worker {worker} CPU (share of capacity)"), color, 1));
         }
 
-        chart
-            .draw_series(LineSeries::new(
-                self.load.iter().copied(),
-                LOAD_COLOR.stroke_width(3),
-            ))?
-            .label("load")
-            .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], LOAD_COLOR.stroke_width(3)));
+        chart.draw_series(LineSeries::new(
+            self.load.iter().copied(),
+            LOAD_COLOR.stroke_width(3),
+        ))?;
+        legend.push(("load".to_owned(), LOAD_COLOR, 3));
         chart.draw_series(
             self.load
                 .iter()
@@ -204,6 +214,7 @@ impl Timeline {
             // Staggered, so that drains close together stay readable; on the
             // right half the label ends at the line instead of leaving the plot.
             let row = (i % 4) as f64;
+            let top = y_max - label_row * (0.2 + row);
             let hpos = if drain.at > x_max * 0.55 {
                 HPos::Right
             } else {
@@ -215,18 +226,25 @@ impl Timeline {
                 .pos(Pos::new(hpos, VPos::Top));
             chart.draw_series(std::iter::once(Text::new(
                 format!(" {} ", drain.label),
-                (drain.at, y_max * (0.98 - 0.06 * row)),
+                (drain.at, top),
                 style,
             )))?;
         }
 
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font(("sans-serif", 13))
-            .draw()?;
+        // Two entries a row, each a sample of its line and its text.
+        for (i, (text, color, width)) in legend.iter().enumerate() {
+            let x = 72 + (i as i32 % 2) * 440;
+            let y = 10 + (i as i32 / 2) * 22;
+            legend_area.draw(&PathElement::new(
+                [(x, y), (x + 24, y)],
+                color.stroke_width(*width),
+            ))?;
+            legend_area.draw(&Text::new(
+                text.clone(),
+                (x + 32, y - 7),
+                ("sans-serif", 13).into_font(),
+            ))?;
+        }
         root.present()?;
         Ok(())
     }
