@@ -693,12 +693,17 @@ fn a_bad_cpuguard_value_in_a_description_names_unit_and_range() {
 }
 
 /// HEAD /metrics answers 200 with the metrics' content type and no body, as
-/// probes expect.
+/// probes expect; the port picked for port 0 is in the report file while the
+/// run goes on, not only on stderr.
 #[test]
 fn head_metrics_is_not_404() {
     use std::io::{Read, Write};
     let host = FakeHost::new(0.1);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
     let mut run = spawn(&args(&[
+        "--report",
+        report.to_str().unwrap(),
         "--metrics-addr",
         "127.0.0.1:0",
         &format!(
@@ -721,6 +726,13 @@ fn head_metrics_is_not_404() {
     assert!(head.contains(" 200 "), "{head}");
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(body.is_empty(), "HEAD with a body: {body}");
+    run.wait_active();
+    let running: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(
+        running["metrics_url"],
+        format!("http://{addr}/metrics"),
+        "{running}"
+    );
     run.signal(Signal::SIGINT);
     assert_no_panic(&run.wait_exit(HANG));
 }

@@ -14,6 +14,7 @@ use crate::timeline::{Thresholds, Timeline};
 #[derive(Default)]
 pub struct Observer {
     metrics: Option<Arc<Metrics>>,
+    metrics_url: Option<String>,
     timeline: Option<Timeline>,
 }
 
@@ -31,16 +32,26 @@ impl Observer {
                 Timeline::create(path, start, thresholds)
             })
             .transpose()?;
-        let metrics = match metrics_addr {
+        let (metrics, metrics_url) = match metrics_addr {
             Some(addr) => {
                 let metrics = Arc::new(Metrics::new(thresholds.soft, thresholds.hard));
                 let bound = metrics::serve(addr, metrics.clone())?;
-                progress!("metrics: serving http://{bound}/metrics");
-                Some(metrics)
+                let url = format!("http://{bound}/metrics");
+                progress!("metrics: serving {url}");
+                (Some(metrics), Some(url))
             }
-            None => None,
+            None => (None, None),
         };
-        Ok(Observer { metrics, timeline })
+        Ok(Observer {
+            metrics,
+            metrics_url,
+            timeline,
+        })
+    }
+
+    /// Where the metrics are served, once bound (`--metrics-addr`).
+    pub fn metrics_url(&self) -> Option<String> {
+        self.metrics_url.clone()
     }
 
     pub fn sample(&mut self, at: Instant, load: f64, capacity: f64, source: &str) {

@@ -214,6 +214,10 @@ pub struct Report {
     /// Crash safety per muxer; null when it was off (`--no-crash-safe`).
     #[serde(default)]
     pub crash_safe: Option<Vec<CrashSafeReport>>,
+    /// Where `--metrics-addr` serves, with the port it really got (port 0
+    /// picks one): also in the report file from the start of the run.
+    #[serde(default)]
+    pub metrics_url: Option<String>,
 }
 
 impl Report {

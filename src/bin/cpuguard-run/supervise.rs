@@ -942,6 +942,7 @@ impl Supervisor {
             states: self.states.clone(),
             signals: self.signals.clone(),
             crash_safe,
+            metrics_url: self.observer.metrics_url(),
         }
     }
 }

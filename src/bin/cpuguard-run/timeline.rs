@@ -139,7 +139,8 @@ impl Timeline {
         // covers no line.
         let entries = 3 + self.workers.len();
         let legend_rows = entries.div_ceil(2) as u32;
-        let root = SVGBackend::new(&self.path, (WIDTH, HEIGHT + 22 * legend_rows)).into_drawing_area();
+        let root =
+            SVGBackend::new(&self.path, (WIDTH, HEIGHT + 22 * legend_rows)).into_drawing_area();
         root.fill(&WHITE)?;
         let (plot_area, legend_area) = root.split_vertically(HEIGHT);
         let title = format!("cpuguard-run: {outcome}");

@@ -153,6 +153,8 @@ struct Summary {
     signals: Vec<SignalReport>,
     /// Time each interval's work took (load, worker CPU, decision).
     sampling: SampleTiming,
+    /// Where `--metrics-addr` serves (see the single-run result).
+    metrics_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -754,6 +756,7 @@ impl Parent {
             capacity: (self.meter.capacity() * 1000.0).round() / 1000.0,
             signals: self.signals.clone(),
             sampling: self.sampling.clone(),
+            metrics_url: self.observer.metrics_url(),
         }
     }
 
@@ -930,6 +933,8 @@ fn made_report(
             .crash_safe
             .as_ref()
             .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
+        // A worker serves no metrics: the parent's summary says where it does.
+        metrics_url: None,
     }
 }
 
@@ -959,5 +964,6 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         states: Vec::new(),
         signals: Vec::new(),
         crash_safe: job.crash_safe.clone(),
+        metrics_url: None,
     }
 }
