@@ -107,6 +107,12 @@ fn answer(mut stream: TcpStream, root: &Path) {
         let mut words = request.split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
         let path = path.trim_start_matches('/');
+        // /slow/...: the same file at about 1 MB/s, so a download is still
+        // under way when the recording is stopped.
+        let (path, slow) = match path.strip_prefix("slow/") {
+            Some(rest) => (rest, true),
+            None => (path, false),
+        };
         let body = (!path.split('/').any(|p| p == ".." || p.is_empty()))
             .then(|| std::fs::read(root.join(path)).ok())
             .flatten();
@@ -129,9 +135,16 @@ fn answer(mut stream: TcpStream, root: &Path) {
         }
         if method == "GET"
             && let Some(body) = body
-            && stream.write_all(&body).is_err()
         {
-            return;
+            let chunk = if slow { 64 * 1024 } else { body.len().max(1) };
+            for part in body.chunks(chunk) {
+                if stream.write_all(part).is_err() {
+                    return;
+                }
+                if slow {
+                    std::thread::sleep(Duration::from_millis(60));
+                }
+            }
         }
     }
 }
@@ -142,6 +155,7 @@ enum Input {
     PullDemux,
     UriFile,
     Http,
+    HttpDownloading,
     Hls,
     DecodebinQueue,
 }
@@ -162,6 +176,7 @@ impl Input {
             ),
             Input::UriFile => format!("uridecodebin uri=file://{}", file.display()),
             Input::Http => format!("uridecodebin uri={url}/in.mp4"),
+            Input::HttpDownloading => format!("uridecodebin uri={url}/slow/in.mp4"),
             Input::Hls => format!("uridecodebin uri={url}/hls/playlist.m3u8"),
             Input::DecodebinQueue => {
                 format!("filesrc location={} ! decodebin ! queue", file.display())
@@ -376,6 +391,7 @@ every_stop! {
     PullDemux: pull_demux_by_drain_action, pull_demux_by_load, pull_demux_by_sigterm;
     UriFile: uridecodebin_file_by_drain_action, uridecodebin_file_by_load, uridecodebin_file_by_sigterm;
     Http: http_by_drain_action, http_by_load, http_by_sigterm;
+    HttpDownloading: http_downloading_by_drain_action, http_downloading_by_load, http_downloading_by_sigterm;
     Hls: hls_by_drain_action, hls_by_load, hls_by_sigterm;
     DecodebinQueue: decodebin_queue_by_drain_action, decodebin_queue_by_load, decodebin_queue_by_sigterm;
 }

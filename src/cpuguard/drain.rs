@@ -117,7 +117,15 @@ where
     F: Fn(&gst::Pad) + Clone + Send + Sync + 'static,
 {
     let eos = gst::event::Eos::new();
-    let origins = origins(top);
+    let mut origins = origins(top);
+    // Work that is not live has no "now" but what it has processed: media
+    // queued ahead (a download buffer, decodebin's multiqueue) is not
+    // recorded yet, and an EOS behind it would let the whole input through.
+    // So the EOS also goes out of every queue. A live pipeline's queues hold
+    // what was captured, which the recording must keep.
+    if !is_live(top) {
+        origins.extend(queue_outputs(top).into_iter().map(Origin::Push));
+    }
     let count = origins.len();
     if count > 0 {
         top.call_async(move |_| {
@@ -147,6 +155,40 @@ where
         });
     }
     count
+}
+
+/// The source pads of every queue below `top` (queue, queue2, multiqueue,
+/// also inside decodebin and uridecodebin) that have not seen EOS.
+fn queue_outputs(top: &gst::Element) -> Vec<gst::Pad> {
+    let Some(bin) = top.downcast_ref::<gst::Bin>() else {
+        return Vec::new();
+    };
+    let mut pads = Vec::new();
+    let mut iter = bin.iterate_recurse();
+    loop {
+        match iter.next() {
+            Ok(Some(element)) => {
+                let queue = element.factory().is_some_and(|f| {
+                    ["queue", "queue2", "multiqueue"].contains(&f.name().as_str())
+                });
+                if queue {
+                    pads.extend(
+                        element
+                            .src_pads()
+                            .into_iter()
+                            .filter(|p| !p.pad_flags().contains(gst::PadFlags::EOS)),
+                    );
+                }
+            }
+            Ok(None) => break,
+            Err(gst::IteratorError::Resync) => {
+                pads.clear();
+                iter.resync();
+            }
+            Err(gst::IteratorError::Error) => break,
+        }
+    }
+    pads
 }
 
 /// Pushes `eos` to the peer of `pad` the moment `pad` is not pushing.
