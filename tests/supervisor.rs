@@ -670,11 +670,11 @@ fn an_option_after_the_pipeline_is_a_clear_usage_error() {
 fn a_bad_cpuguard_value_in_a_description_names_unit_and_range() {
     for (description, help) in [
         (
-            "videotestsrc ! cpuguard interval=1s ! fakesink",
+            "videotestsrc ! cpuguard interval=fast ! fakesink",
             "cpuguard's interval takes a whole number 10-",
         ),
         (
-            "videotestsrc ! cpuguard drain-timeout=30s ! fakesink",
+            "videotestsrc ! cpuguard drain-timeout=soon ! fakesink",
             "milliseconds (a bare number; 30 s is 30000)",
         ),
         (
@@ -735,4 +735,29 @@ fn head_metrics_is_not_404() {
     );
     run.signal(Signal::SIGINT);
     assert_no_panic(&run.wait_exit(HANG));
+}
+
+/// Durations with a unit in a description, as the options take them: a
+/// cpuguard's drain-timeout=30s is 30000 ms, interval=500ms is 500 ms, in one
+/// argument or in many.
+#[test]
+fn durations_in_a_description_take_units() {
+    for a in [
+        args(&[
+            "videotestsrc num-buffers=5 ! cpuguard drain-timeout=30s interval=500ms ! fakesink",
+        ]),
+        args_of("videotestsrc num-buffers=5 ! cpuguard drain-timeout=1m interval=500ms ! fakesink"),
+    ] {
+        let ended = spawn(&a).wait_exit(HANG);
+        assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+        let expected = if a.len() == 1 { 30_000 } else { 60_000 };
+        assert!(
+            ended.stderr.contains(&format!(
+                "interval 500 ms, load-source auto, drain-timeout {expected} ms"
+            )),
+            "{}",
+            ended.stderr
+        );
+        assert!(!ended.stderr.contains("bare number"), "{}", ended.stderr);
+    }
 }

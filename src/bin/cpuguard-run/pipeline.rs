@@ -14,6 +14,7 @@ pub fn build(args: &[String]) -> Result<(gst::Pipeline, String), String> {
     if args.iter().all(|a| a.trim().is_empty()) {
         return Err("the pipeline description is empty".to_owned());
     }
+    let args = &with_duration_units(args);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let (element, description) = match parse(|context| {
         gst::parse::launchv_full(&argv, Some(context), gst::ParseFlags::FATAL_ERRORS)
@@ -41,6 +42,39 @@ pub fn build(args: &[String]) -> Result<(gst::Pipeline, String), String> {
             Ok((pipeline, description))
         }
     }
+}
+
+/// cpuguard's millisecond properties written with a unit in the description
+/// (`drain-timeout=30s`, `interval=500ms`), as the options take them:
+/// rewritten to milliseconds, which is all a GObject uint property reads.
+/// Only properties of a `cpuguard` element are touched (others, such as
+/// `level interval=`, have other units). Tokens keep their spacing, so a
+/// whole description in one argument is rewritten in place.
+fn with_duration_units(args: &[String]) -> Vec<String> {
+    const MILLIS: [&str; 3] = ["interval", "drain-timeout", "crash-safe-interval"];
+    let mut in_guard = false;
+    args.iter()
+        .map(|arg| {
+            arg.split_inclusive(char::is_whitespace)
+                .map(|piece| {
+                    let token = piece.trim_end();
+                    let space = &piece[token.len()..];
+                    match token.split_once('=') {
+                        None if token == "!" => in_guard = false,
+                        None if !token.is_empty() => in_guard = token == crate::guard::FACTORY,
+                        Some((name, value)) if in_guard && MILLIS.contains(&name) => {
+                            let with_unit = value.parse::<u64>().is_err();
+                            if let (true, Ok(d)) = (with_unit, humantime::parse_duration(value)) {
+                                return format!("{name}={}{space}", d.as_millis());
+                            }
+                        }
+                        _ => {}
+                    }
+                    piece.to_owned()
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Runs one parse attempt; the error names missing elements when there are
