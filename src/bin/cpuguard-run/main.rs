@@ -4,7 +4,7 @@
 //! once. One JSON result goes to stdout, progress to stderr.
 //!
 //! Modules, one job each: `branches` (which sinks finished, which an error
-//! cut off), `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
+//! cut off), `channel` (what a worker tells its parent), `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
 //! their settings), `pipeline` (parsing the description), `signals` (signals
 //! on the main loop), `supervise` (the run and its state flow), `report` (the
 //! JSON result), `progress` (stderr lines), `exit` (exit codes), `multi`
@@ -14,6 +14,7 @@
 //! `timeline` (the SVG plot), `log` (the `cpuguard` GStreamer debug category).
 
 mod branches;
+mod channel;
 mod cli;
 mod drain;
 mod exit;

@@ -31,6 +31,7 @@ use gstcpuguard::reason::EndReason;
 use nix::sys::signal::Signal;
 
 use crate::branches::SinkWatch;
+use crate::channel::{self, DrainEvent, WorkerEvent};
 use crate::drain::Drain;
 use crate::exit;
 use crate::guard;
@@ -216,6 +217,15 @@ impl Supervisor {
             at: now.rfc3339(),
         });
         progress!("state {}{detail}", state.as_str());
+        if self.worker {
+            channel::send(&WorkerEvent {
+                state,
+                at: now.rfc3339(),
+                drain: (state == State::Ending)
+                    .then(|| self.drain.as_ref().map(DrainEvent::of))
+                    .flatten(),
+            });
+        }
         self.refresh_report();
     }
 

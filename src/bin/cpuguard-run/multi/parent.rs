@@ -319,26 +319,29 @@ impl Parent {
         match event {
             Event::Signal(signal) => self.on_signal(signal),
             Event::Stderr(id, line) => {
-                let text = worker::strip_prefix(&line);
-                progress!("worker {id}: {text}");
+                progress!("worker {id}: {}", worker::strip_prefix(&line));
+            }
+            Event::Said(id, event) => {
                 let Some(w) = self.workers.get_mut(&id) else {
                     return;
                 };
+                // Its first event comes once its signal handlers are up.
                 w.ready = true;
                 if let Some((signal, action)) = w.deferred.take() {
                     w.send(signal, action);
                 }
-                if let Some(state) = worker::state_of(text) {
-                    if state == State::Ending.as_str() {
-                        w.ending = true;
-                    }
-                    if let Ok(state) = serde_json::from_value(state.into()) {
-                        w.states.push(StateChange {
-                            state,
-                            at: Stamp::now().rfc3339(),
-                        });
+                if event.state == State::Ending {
+                    w.ending = true;
+                    if w.drain.is_none()
+                        && let Some(drain) = &event.drain
+                    {
+                        progress!("draining worker {id} (pid {}): {}", w.pid, drain.describe());
                     }
                 }
+                w.states.push(StateChange {
+                    state: event.state,
+                    at: event.at,
+                });
             }
             Event::Stdout(id, text) => {
                 if let Some(w) = self.workers.get_mut(&id) {
