@@ -25,8 +25,8 @@ pub enum Event {
     Said(u32, WorkerEvent),
     /// A worker's stdout other than its events, once it closed it: its result.
     Stdout(u32, String),
-    /// A worker process ended (reaped).
-    Exited(u32, ExitStatus),
+    /// A worker process ended (reaped), with the CPU seconds it used.
+    Exited(u32, ExitStatus, Option<f64>),
 }
 
 /// Starts worker `id` on `description`; returns its pid (also its process
@@ -102,11 +102,38 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("worker-{id}-wait"))
         .spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(id, status));
+            if let Some((status, cpu_s)) = reap(pid) {
+                let _ = tx.send(Event::Exited(id, status, Some(cpu_s)));
+            } else if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::Exited(id, status, None));
             }
         })?;
     Ok(pid)
+}
+
+/// Waits for `pid` with `wait4`, which also gives its rusage: the CPU
+/// seconds (user + system) the worker used, with the children it reaped.
+/// `None` if the wait failed (the caller then waits the ordinary way).
+fn reap(pid: i32) -> Option<(ExitStatus, f64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data, zeroed is a valid value; wait4 writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; pid is our own child.
+        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if got == pid {
+            break;
+        }
+        if got == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some((
+        ExitStatus::from_raw(status),
+        seconds(usage.ru_utime) + seconds(usage.ru_stime),
+    ))
 }
 
 /// The worker's result: the last JSON line it printed, if it got that far.
