@@ -464,8 +464,13 @@ impl Parent {
             return;
         };
         if let Some(drain) = w.drain.as_mut() {
-            if drain.said.is_none() {
-                drain.said = said;
+            // The parent's stop crossed the worker's own drain: the worker's
+            // is the one its result will name.
+            if drain.said.is_none()
+                && let Some(said) = said
+            {
+                drain.reason = said.reason.clone();
+                drain.said = Some(said);
             }
             return;
         }
