@@ -519,9 +519,11 @@ fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
         "--drain-timeout",
         "30s",
     ]);
-    // Workers 1 and 2 both drain slowly, so whichever of them the parent
-    // picks first (their CPU ranking depends on how the scheduler shares a
-    // busy machine) is still draining when it is killed.
+    // Workers 1 and 2 both drain slowly, so whichever of them drains first
+    // (their cpuguard elements rank the worker processes by CPU, which
+    // depends on how the scheduler shares a busy machine) is still draining
+    // when it is killed. None of the descriptions has a cpuguard: each
+    // worker adds one.
     for d in [
         slow_recording(1280, 720, &files[0]),
         slow_recording(640, 360, &files[1]),
@@ -538,7 +540,9 @@ fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
         first == 1 || first == 2,
         "drained the tiny worker {first} first"
     );
-    run.wait_stderr(&format!("worker {first}: state ENDING"));
+    // The parent says "draining worker N" when worker N's channel says
+    // ENDING: it is draining now (its own stderr line for that may come
+    // before or after, on another pipe).
     let pid = run.worker_pid(first);
     kill(Pid::from_raw(pid), Signal::SIGKILL).expect("worker killed");
 
@@ -549,14 +553,17 @@ fn worker_killed_while_draining_fails_alone_and_the_next_drain_goes_on() {
     // parent says so from the same rules, and the file plays.
     assert_eq!(killed["crash_safe"][0]["action"], "configured", "{killed}");
     assert_eq!(killed["crash_safe"][0]["file_kept"], true, "{killed}");
-    // The load is still high: the parent goes on to another worker, and that
-    // drain completes normally.
+    // The load is still high: the killed worker's drain lock died with it,
+    // another worker drains, and that drain completes normally.
     let second = victim(&run.wait_stderr("draining worker"));
     assert_ne!(second, first, "the killed worker drained again");
     let drained = run.wait_result(second.into());
     host.set_load(0.1);
     assert_eq!(str_field(&drained, "status"), "COMPLETE", "{drained}");
     assert_eq!(str_field(&drained, "reason"), "cpu-limit");
+    // The cpuguard the worker added is the one that drained.
+    assert_eq!(drained["drain"]["element"], "cpuguard-worker", "{drained}");
+    assert_eq!(drained["cpuguard_elements"][0], "cpuguard-worker");
 
     run.signal(Signal::SIGTERM);
     let ended = run.wait_exit(HANG);

@@ -4,6 +4,9 @@
 //! The shared load comes from a simulated host (`--load-source system --root`)
 //! so that decisions are deterministic on a busy 2-core machine; each
 //! worker's CPU is real, so "the heaviest" is really the costliest encode.
+//! The workers' cpuguard elements choose which worker drains (they coordinate
+//! in the run's private directory); the parent logs what each worker tells
+//! it on its channel, which the waits below read.
 //! Timing bounds are generous: they catch hangs, not speed.
 
 mod common;
@@ -39,8 +42,9 @@ fn fake_load(host: &FakeHost) -> Vec<String> {
     ]
 }
 
-/// The run with the parent's decisions logged (`GST_DEBUG=cpuguard:5`): each
-/// sample and each worker's CPU, which the waits below read.
+/// The run logged (`GST_DEBUG=cpuguard:5`): the parent's admission samples
+/// and, for each sample a worker's cpuguard took, the worker's CPU as the
+/// worker told it, which the waits below read.
 fn spawn_logged(a: &[String]) -> Run {
     let mut cmd = command(a);
     cmd.env("GST_DEBUG", "cpuguard:5");
@@ -53,8 +57,8 @@ fn parent_line(line: &str, needle: &str) -> bool {
     !line.starts_with("cpuguard-run [") && line.contains(needle)
 }
 
-/// Waits for the parent's next `n` samples: bounds a check by samples taken,
-/// not by time slept.
+/// Waits for the parent's next `n` admission samples: bounds a check by
+/// samples taken, not by time slept.
 fn wait_parent_samples(run: &mut Run, n: usize) {
     for _ in 0..n {
         run.wait_line(Stream::Stderr, HANG, |l| {
@@ -63,24 +67,43 @@ fn wait_parent_samples(run: &mut Run, n: usize) {
     }
 }
 
-/// Waits until the parent's own CPU figures rank worker `heaviest` first of
+/// The next sample a worker told the parent about: its id and its
+/// whole-process CPU (`None` for its first sample, before a rate).
+fn next_worker_sample(run: &mut Run) -> (u32, Option<f64>) {
+    let line = run.wait_line(Stream::Stderr, HANG, |l| {
+        parent_line(l, "cpuguard-run: worker ") && l.contains(") CPU ")
+    });
+    let rest = &line[line.find("cpuguard-run: worker ").unwrap() + 21..];
+    let id: u32 = rest.split_whitespace().next().unwrap().parse().unwrap();
+    let cpu = rest
+        .split(") CPU ")
+        .nth(1)
+        .and_then(|c| c.split(':').next())
+        .unwrap_or_else(|| panic!("no CPU in {line}"));
+    (id, (cpu != "unknown").then(|| cpu.parse().unwrap()))
+}
+
+/// Waits until every worker in `ids` told the parent of `n` more samples its
+/// cpuguard took: bounds a check by the samples the workers judged, not by
+/// time slept.
+fn wait_worker_samples(run: &mut Run, ids: &[u32], n: usize) {
+    let mut seen = std::collections::BTreeMap::<u32, usize>::new();
+    while !ids.iter().all(|id| seen.get(id).is_some_and(|&c| c >= n)) {
+        let (id, _) = next_worker_sample(run);
+        *seen.entry(id).or_default() += 1;
+    }
+}
+
+/// Waits until the workers' own CPU figures (whole process, what their
+/// cpuguard elements rank processes by) rank worker `heaviest` first of
 /// `ids` for two whole samples in a row: past the start-up burst, when the
 /// encodes are ranked by their cost.
 fn wait_ranked_first(run: &mut Run, heaviest: u32, ids: &[u32]) {
     let mut latest = std::collections::BTreeMap::<u32, f64>::new();
     let mut streak = 0;
     while streak < 2 * ids.len() {
-        let line = run.wait_line(Stream::Stderr, HANG, |l| {
-            parent_line(l, "cpuguard-run: worker ") && l.contains(" CPUs (")
-        });
-        let rest = &line[line.find("cpuguard-run: worker ").unwrap() + 21..];
-        let id: u32 = rest.split_whitespace().next().unwrap().parse().unwrap();
-        let cpu: f64 = rest
-            .split(" CPU ")
-            .nth(1)
-            .and_then(|c| c.split_whitespace().next())
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("no CPU in {line}"));
+        let (id, cpu) = next_worker_sample(run);
+        let Some(cpu) = cpu else { continue };
         latest.insert(id, cpu);
         let first = ids.iter().all(|i| latest.contains_key(i))
             && ids
@@ -151,7 +174,7 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
         run.stdout_so_far()
     );
     // Several more samples at low load: the others keep recording.
-    wait_parent_samples(&mut run, 6);
+    wait_worker_samples(&mut run, &[1, 2], 6);
     assert_eq!(run.stdout_so_far().len(), 1, "{:?}", run.stdout_so_far());
 
     run.signal(Signal::SIGTERM);
@@ -190,11 +213,12 @@ fn heaviest_of_three_encodes_is_drained_first_and_alone() {
         serde_json::json!({"cpu-limit": 1, "stop-requested": 2})
     );
     assert_eq!(summary["signals"][0]["signal"], "SIGTERM");
-    // The parent sampled (it chose worker 3) and timed each sample.
+    // The workers chose: without --max-utilization the parent took no
+    // sample of its own.
     let sampling = &summary["sampling"];
-    assert!(sampling["samples"].as_u64() >= Some(3), "{sampling}");
-    assert!(sampling["mean_us"].as_f64() > Some(0.0), "{sampling}");
-    assert!(sampling["max_us"].as_f64() >= sampling["mean_us"].as_f64());
+    assert_eq!(sampling["samples"], 0, "{sampling}");
+    // The summary's load is what the workers measured.
+    assert!(summary["peak_load"].as_f64() >= Some(0.9), "{summary}");
     for file in &files {
         let streams = mp4_streams(file).unwrap_or_else(|e| panic!("not playable: {e}"));
         assert_eq!(streams, ["video/x-h264"], "{}", file.display());
@@ -293,7 +317,7 @@ fn a_crashing_worker_fails_alone() {
     assert_eq!(str_field(&crashed, "reason"), "error");
     assert_eq!(str_field(&crashed, "error"), "worker killed by SIGKILL");
     assert_eq!(crashed["pid"], pid);
-    wait_parent_samples(&mut run, 4);
+    wait_worker_samples(&mut run, &[2], 4);
     assert_eq!(run.stdout_so_far().len(), 1, "the other keeps going");
 
     run.signal(Signal::SIGTERM);
@@ -317,7 +341,22 @@ fn sigint_stops_every_worker_at_once() {
     let mut run = spawn_logged(&a);
     run.wait_workers_active(&[1, 2]);
     assert!(run.stderr_so_far().contains("release 2"));
-    wait_parent_samples(&mut run, 2);
+    // The workers coordinate in a directory private to this run, never in
+    // the host-wide one (tests run in parallel with simulated loads).
+    let stderr = run.stderr_so_far();
+    let private = stderr
+        .split("workers coordinate their drains in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (private to this run)").next())
+        .unwrap_or_else(|| panic!("no coordination directory:\n{stderr}"))
+        .to_owned();
+    let mode = std::fs::metadata(&private).expect("exists").permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700,
+        "{private}"
+    );
+    wait_worker_samples(&mut run, &[1, 2], 2);
     let sent = run.signal(Signal::SIGINT);
     let ended = run.wait_exit(HANG);
     let took = ended.at - sent;
@@ -334,6 +373,7 @@ fn sigint_stops_every_worker_at_once() {
     }
     assert_eq!(summary["status"], "FAILED");
     assert_eq!(summary["exit_code"], 130);
+    assert!(!Path::new(&private).exists(), "{private} left behind");
 }
 
 #[test]
@@ -378,6 +418,11 @@ fn jobs_wait_for_the_load_to_drop_below_max_utilization() {
     let (results, summary) = ended.results();
     assert_eq!(results.len(), 2);
     assert_eq!(summary["complete"], 2);
+    // Admission is the parent's one reason to sample, and it timed them.
+    let sampling = &summary["sampling"];
+    assert!(sampling["samples"].as_u64() >= Some(6), "{sampling}");
+    assert!(sampling["mean_us"].as_f64() > Some(0.0), "{sampling}");
+    assert!(sampling["max_us"].as_f64() >= sampling["mean_us"].as_f64());
 }
 
 #[test]
@@ -472,7 +517,7 @@ fn bad_input_exits_2_naming_the_problem() {
 
 #[test]
 fn sigusr1_drains_a_single_run_with_reason_cpu_limit() {
-    // What the parent sends its chosen worker, usable on any run.
+    // An outside supervisor's CPU drain request, usable on any run.
     let host = FakeHost::new(0.1);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("rec.mp4");

@@ -24,7 +24,7 @@ the right ending:
 wait for the pipeline's EOS so every file is finalized, exit 0. A repeated SIGTERM \
 does not cut the drain short.
   SIGUSR1          drain with reason cpu-limit (\"CPU limit reached\"), as cpuguard does on \
-high load; multi-pipeline mode uses it to drain the worker it chose.
+high load; for an outside controller that chose this run.
   SIGINT           stop at once: pipeline to NULL, no drain, exit 130.
 
 A drain started by cpuguard itself (reason cpu-limit) ends the same way. A drain that \
@@ -33,16 +33,17 @@ drain-timeout). The options override the settings of every cpuguard element in t
 pipeline. One JSON result is printed on stdout; progress goes to stderr.
 
 Multi-pipeline mode (--pipeline DESC, repeated, and/or --jobs FILE): each pipeline \
-runs in its own worker process (its own process group). The parent samples the \
-load (--load-source, default auto) and each worker's CPU (its whole process tree); \
-its cpuguard elements only measure (dry-run). When --soft-threshold holds for --hold \
-samples, or at once at --hard-threshold, the parent drains only the heaviest worker \
-(SIGUSR1, reason cpu-limit), one drain at a time; the next only once that drain has \
-finished and the load is still high. A drain not done within --drain-timeout is \
-escalated: the worker's process group is killed (FAILED, drain-timeout), whatever \
-the load is by then. SIGTERM/SIGHUP drain every worker (stop-requested), SIGINT \
-stops them all at once (exit 130); a crashing worker fails alone. One JSON line per \
-worker (with its worker id and pid), then a summary line, go to stdout.";
+runs in its own worker process (its own process group), its cpuguard elements \
+judging the load for real (a worker adds one to a description without). The \
+workers coordinate through --coordination-dir (default: a directory private to the \
+run): when --soft-threshold holds for --hold samples, or at once at \
+--hard-threshold, only the heaviest worker drains (reason cpu-limit), one drain at \
+a time; the next only after a fresh hold once that drain has finished. A drain not \
+done within --drain-timeout is escalated by the parent: the worker's process group \
+is killed (FAILED, drain-timeout), whatever the load is by then. SIGTERM/SIGHUP \
+drain every worker (stop-requested), SIGINT stops them all at once (exit 130); a \
+crashing worker fails alone. One JSON line per worker (with its worker id and pid), \
+then a summary line, go to stdout.";
 
 const EXAMPLE: &str = "\
 Example:
@@ -100,7 +101,7 @@ pub struct Cli {
     pub release: Option<u32>,
 
     /// Read /proc and /sys under DIR (host mounts, test fixtures); in
-    /// multi-pipeline mode only for the shared load, never for the workers' CPU
+    /// multi-pipeline mode for every worker's load (never for process CPU)
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
@@ -120,7 +121,8 @@ pub struct Cli {
     /// Directory through which cpuguards of separate processes judging the
     /// same CPU budget drain one at a time, the heaviest first: `auto`, an
     /// absolute path, or `none` (coordinate within this process only). Sets
-    /// the elements' coordination-dir
+    /// the elements' coordination-dir; multi-pipeline mode defaults to a
+    /// directory private to the run
     #[arg(
         long,
         value_name = "DIR",

@@ -264,6 +264,26 @@ pub fn find(pipeline: &gst::Pipeline) -> Vec<gst::Element> {
     guards
 }
 
+/// Name of the cpuguard a worker adds to a description that has none.
+pub const WORKER_GUARD: &str = "cpuguard-worker";
+
+/// Adds an unlinked cpuguard to `pipeline`, for a multi-pipeline worker whose
+/// description has none: the workers' elements are what chooses which worker
+/// drains, and a description needs no cpuguard in that mode. Unlinked, it
+/// passes no data; it samples the load, coordinates with the other workers
+/// and drains as any cpuguard does, by sending EOS from every source of the
+/// pipeline it is in.
+pub fn add_for_worker(pipeline: &gst::Pipeline) -> Result<gst::Element, String> {
+    let guard = gst::ElementFactory::make(FACTORY)
+        .name(WORKER_GUARD)
+        .build()
+        .map_err(|err| format!("cannot create a {FACTORY} element: {err}"))?;
+    pipeline
+        .add(&guard)
+        .map_err(|err| format!("cannot add {WORKER_GUARD} to the pipeline: {err}"))?;
+    Ok(guard)
+}
+
 /// True if `element` has the `drain` action the supervisor relies on.
 pub fn can_drain(element: &gst::Element) -> bool {
     glib::subclass::SignalId::lookup("drain", element.type_()).is_some()

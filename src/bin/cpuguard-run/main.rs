@@ -4,7 +4,7 @@
 //! once. One JSON result goes to stdout, progress to stderr.
 //!
 //! Modules, one job each: `branches` (which sinks finished, which an error
-//! cut off), `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
+//! cut off), `channel` (what a worker tells its parent), `cli` (options), `drain` (a drain's details), `guard` (the cpuguard elements and
 //! their settings), `pipeline` (parsing the description), `signals` (signals
 //! on the main loop), `supervise` (the run and its state flow), `report` (the
 //! JSON result), `progress` (stderr lines), `exit` (exit codes), `multi`
@@ -14,6 +14,7 @@
 //! `timeline` (the SVG plot), `log` (the `cpuguard` GStreamer debug category).
 
 mod branches;
+mod channel;
 mod cli;
 mod drain;
 mod exit;
@@ -82,12 +83,9 @@ fn run() -> u8 {
     if cli.is_multi() {
         return multi::run(&cli, &spec, &router);
     }
-    let mut overrides = cli.overrides();
-    if cli.worker.is_some() {
-        // The parent decides for every worker: left to themselves, workers
-        // seeing the same host load would all drain at once.
-        overrides.dry_run = true;
-    }
+    // A worker's elements judge for real: they coordinate with the other
+    // workers through the coordination directory the parent gives them.
+    let overrides = cli.overrides();
 
     let (pipeline, description) = match pipeline::build(&cli.pipeline) {
         Ok(built) => built,
@@ -101,7 +99,16 @@ fn run() -> u8 {
             return exit::USAGE;
         }
     };
-    let guards = guard::find(&pipeline);
+    let mut guards = guard::find(&pipeline);
+    if guards.is_empty() && cli.worker.is_some() {
+        match guard::add_for_worker(&pipeline) {
+            Ok(added) => guards.push(added),
+            Err(err) => {
+                fatal!("{err}");
+                return exit::FAILED;
+            }
+        }
+    }
     if guards.is_empty() {
         if let Err(err) = overrides.validate_alone(&spec) {
             fatal!("{err}");

@@ -122,7 +122,7 @@ impl Metrics {
         );
         r.register(
             "worker_cpu_cpus",
-            "CPUs used by a worker's process tree (multi-pipeline mode)",
+            "CPUs a worker process uses, as it reports with each sample (multi-pipeline mode)",
             m.worker_cpu.clone(),
         );
         r.register("drains", "Drains started, by reason", m.drains.clone());

@@ -31,6 +31,7 @@ use gstcpuguard::reason::EndReason;
 use nix::sys::signal::Signal;
 
 use crate::branches::SinkWatch;
+use crate::channel::{self, DrainEvent, WorkerEvent};
 use crate::drain::Drain;
 use crate::exit;
 use crate::guard;
@@ -67,8 +68,8 @@ pub struct Setup {
     pub guards: Vec<gst::Element>,
     /// The supervisor's drain deadline in ms; `None` waits forever.
     pub drain_timeout_ms: Option<u32>,
-    /// Worker of a multi-pipeline parent: the parent guards the CPU, so the
-    /// dry-run and no-cpuguard notes would only mislead.
+    /// Worker of a multi-pipeline parent: it tells the parent its states and
+    /// samples (`channel`), and the parent times its drains.
     pub worker: bool,
     pub observer: Observer,
     /// The muxers made crash-safe; `None` with `--no-crash-safe`.
@@ -122,6 +123,8 @@ struct Supervisor {
     capacity: Option<f64>,
     sinks: SinkWatch,
     error_in_drain: Option<ErrorInDrain>,
+    /// A worker's CPU, told to its parent with each sample.
+    process_cpu: channel::ProcessCpu,
 }
 
 /// Runs the pipeline until it ends; emits the result through `output` and
@@ -157,6 +160,7 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             capacity: None,
             sinks,
             error_in_drain: None,
+            process_cpu: channel::ProcessCpu::default(),
         })
     });
 
@@ -216,6 +220,15 @@ impl Supervisor {
             at: now.rfc3339(),
         });
         progress!("state {}{detail}", state.as_str());
+        if self.worker {
+            channel::send(&WorkerEvent::State {
+                state,
+                at: now.rfc3339(),
+                drain: (state == State::Ending)
+                    .then(|| self.drain.as_ref().map(DrainEvent::of))
+                    .flatten(),
+            });
+        }
         self.refresh_report();
     }
 
@@ -360,7 +373,7 @@ impl Supervisor {
                 match s.name().as_str() {
                     "cpuguard-load" => self.on_load(s),
                     "cpuguard-drain" => self.on_guard_drain(s, source),
-                    "cpuguard-would-drain" if !self.worker => {
+                    "cpuguard-would-drain" => {
                         let would = Drain::from_message(s, source.clone());
                         progress!("dry run: {source} would drain: {}", would.summary());
                     }
@@ -401,6 +414,14 @@ impl Supervisor {
             self.load_source.as_deref().unwrap_or("unknown"),
             self.capacity.unwrap_or(0.0)
         );
+        if self.worker {
+            channel::send(&WorkerEvent::Load {
+                load,
+                capacity: self.capacity.unwrap_or(0.0),
+                source: self.load_source.clone().unwrap_or_default(),
+                process_cpu: self.process_cpu.update(std::time::Instant::now()),
+            });
+        }
         if self.reported.elapsed() >= REPORT_REFRESH {
             self.refresh_report();
         }

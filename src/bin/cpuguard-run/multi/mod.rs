@@ -1,22 +1,23 @@
 //! Multi-pipeline mode: `--pipeline DESC` (repeated) and/or `--jobs FILE`.
 //!
 //! Every pipeline runs in a worker process (this program with `--worker ID`,
-//! in single mode), and one parent decides for all of them: workers on one
-//! host see the same load, so left alone they would all drain at once. The
-//! workers' cpuguard elements only measure (dry-run); the parent samples the
-//! shared load and each worker's CPU, feeds the shared [`Coordinator`], and
-//! drains the worker it chooses with SIGUSR1 (reason cpu-limit).
+//! in single mode). Workers on one host see the same load, so left alone
+//! they would all drain at once; their cpuguard elements coordinate as those
+//! of any cpuguard processes do, through one coordination directory (see
+//! `coordination`): one drain at a time, the heaviest process first. The
+//! parent starts the workers, forwards signals, admits jobs, hears each
+//! worker's states on its channel (`crate::channel`), escalates a drain past
+//! its timeout, and collects the results.
 //!
-//! Modules: `parent` (the loop: signals, samples, drains, escalation,
-//! results), `worker` (spawning a worker and reading its output), `tree`
-//! (a worker's CPU over its process tree), `admission` (`--max-utilization`).
-//!
-//! [`Coordinator`]: gstcpuguard::coordinator::Coordinator
+//! Modules: `parent` (the loop: signals, events, drain timing, escalation,
+//! results), `worker` (spawning a worker and reading its output),
+//! `coordination` (the workers' coordination directory), `admission`
+//! (`--max-utilization`), `timing` (what admission sampling costs).
 
 mod admission;
+mod coordination;
 mod parent;
 mod timing;
-mod tree;
 mod worker;
 
 use std::ffi::OsString;
@@ -58,12 +59,13 @@ pub struct Job {
 /// Everything the parent needs, checked before any worker starts.
 pub struct Plan {
     pub jobs: Vec<Job>,
-    pub policy: PolicyConfig,
     pub interval: Duration,
     pub meter: LoadMeter,
     pub max_utilization: Option<f64>,
     /// Options every worker gets, before `--worker ID -- DESC`.
     pub worker_args: Vec<OsString>,
+    /// Kept for the run: a private directory is removed when it ends.
+    pub coordination: coordination::Coordination,
     pub report: Option<ReportFile>,
     pub observer: Observer,
 }
@@ -189,7 +191,12 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
             description,
             origin,
             drain_timeout_ms: (drain_timeout_ms > 0).then_some(drain_timeout_ms),
-            cpuguard_elements: guards.iter().map(|g| g.name().to_string()).collect(),
+            // A worker adds one to a description without (see `guard`).
+            cpuguard_elements: if guards.is_empty() {
+                vec![guard::WORKER_GUARD.to_owned()]
+            } else {
+                guards.iter().map(|g| g.name().to_string()).collect()
+            },
         });
     }
 
@@ -218,9 +225,11 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
 
     let report = cli.report.as_deref().map(ReportFile::create).transpose()?;
 
-    // Workers get the same settings (what they report matches), measure only,
-    // and never give up a drain themselves: the parent's timer does, and
-    // kills the whole worker, which a worker stuck in a drain may need.
+    // Workers get the same settings, judge the load for real through the
+    // same coordination directory, and never give up a drain themselves: the
+    // parent's timer does, and kills the whole worker, which a worker stuck
+    // in a drain may need.
+    let coordination = coordination::Coordination::new(cli.coordination_dir.as_deref())?;
     let mut worker_args: Vec<OsString> = Vec::new();
     let mut forward = |name: &str, value: Option<String>| {
         if let Some(value) = value {
@@ -239,7 +248,7 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         cli.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
     );
     forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
-    forward("coordination-dir", cli.coordination_dir.clone());
+    forward("coordination-dir", Some(coordination.setting()));
     forward("drain-timeout", Some("0".to_owned()));
     forward(
         "crash-safe-interval",
@@ -247,6 +256,9 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     );
     if cli.crash_safe().is_none() {
         worker_args.push("--no-crash-safe".into());
+    }
+    if cli.dry_run {
+        worker_args.push("--dry-run".into());
     }
     if cli.drain_non_live {
         worker_args.push("--drain-non-live".into());
@@ -268,6 +280,16 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
             .map_or_else(|| "none".to_owned(), |m| m.to_string()),
     );
     progress!("load: {}", meter.describe());
+    match coordination.private_path() {
+        Some(path) => progress!(
+            "workers coordinate their drains in {} (private to this run)",
+            path.display()
+        ),
+        None => progress!(
+            "workers coordinate their drains with coordination-dir {}",
+            coordination.setting()
+        ),
+    }
     let observer = Observer::start(
         cli.metrics_addr,
         cli.timeline.as_deref(),
@@ -280,11 +302,11 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     )?;
     Ok(Plan {
         jobs,
-        policy,
         interval: Duration::from_millis(u64::from(interval_ms)),
         meter,
         max_utilization: cli.max_utilization,
         worker_args,
+        coordination,
         report,
         observer,
     })

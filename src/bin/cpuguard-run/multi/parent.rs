@@ -1,11 +1,13 @@
-//! The parent loop: one thread that reacts to signals and worker output as
-//! they come, and at every interval samples the shared load and each
-//! worker's CPU, lets the [`Coordinator`] choose, admits waiting jobs and
-//! escalates overdue drains.
+//! The parent loop: one thread that reacts to signals and to what workers
+//! say as it comes, times every drain (the worker's own, announced by its
+//! ENDING event, or a stop the parent asked for) and escalates an overdue one,
+//! and, with `--max-utilization` only, samples the load to admit waiting jobs.
+//! Which worker drains is not decided here: the workers' cpuguard elements
+//! coordinate through the coordination directory.
 //!
-//! Escalation is checked on every pass of the loop, not only on samples that
-//! read high: LiveKit Egress escalates only on high ticks, so a drain stuck
-//! after the load came down was never killed.
+//! Escalation is checked on every pass of the loop, whatever the load: LiveKit
+//! Egress escalates only on high ticks, so a drain stuck after the load came
+//! down was never killed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -14,9 +16,7 @@ use std::process::ExitStatus;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-use gstcpuguard::coordinator::{Candidate, Coordinator, Decision, Victim};
-use gstcpuguard::load::{HostPaths, LoadMeter};
-use gstcpuguard::policy::{START_UP_SAMPLES, Verdict};
+use gstcpuguard::load::LoadMeter;
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -24,9 +24,9 @@ use serde::Serialize;
 
 use super::admission::Admission;
 use super::timing::SampleTiming;
-use super::tree::{CpuUse, ProcessTable};
 use super::worker::{self, Event};
 use super::{Job, Plan};
+use crate::channel::{DrainEvent, WorkerEvent};
 use crate::exit;
 use crate::log::CAT;
 use crate::observe::Observer;
@@ -47,16 +47,17 @@ const STDOUT_GRACE: Duration = Duration::from_secs(2);
 const NOT_STARTED: &str = "not-started";
 const NOT_STARTED_TEXT: &str = "Not started: the run was stopped first";
 
-/// A drain the parent asked a worker for.
+/// A drain the parent times: one it asked for (a stop), or one the worker
+/// announced (its cpuguard drained).
 #[derive(Debug, Clone)]
 struct ParentDrain {
-    reason: EndReason,
+    reason: String,
+    /// When the parent asked, or heard of it: the drain timeout counts from here.
     requested: Stamp,
     deadline: Option<Instant>,
     timeout_ms: Option<u32>,
-    /// The coordinator's decision, for a cpu-limit drain.
-    victim: Option<Victim<u32>>,
-    source: String,
+    /// What the worker said about it, if it did.
+    said: Option<DrainEvent>,
 }
 
 struct Worker {
@@ -70,22 +71,17 @@ struct Worker {
     ready: bool,
     deferred: Option<(Signal, &'static str)>,
     sent: Vec<SignalReport>,
-    cpu: CpuUse,
-    /// The worker said ENDING by itself (a signal sent to it directly).
-    ending: bool,
     drain: Option<ParentDrain>,
     /// When the parent killed the worker's group, and why.
     killed: Option<(Stamp, String)>,
     interrupted: bool,
     exit: Option<(ExitStatus, Instant)>,
+    /// CPU seconds it used, from its rusage once reaped.
+    cpu_s: Option<f64>,
     stdout: Option<String>,
 }
 
 impl Worker {
-    fn is_ending(&self) -> bool {
-        self.ending || self.drain.is_some() || self.killed.is_some() || self.exit.is_some()
-    }
-
     fn send(&mut self, signal: Signal, action: &'static str) {
         if !self.ready && signal != Signal::SIGKILL {
             self.deferred = Some((signal, action));
@@ -128,7 +124,8 @@ enum Stop {
 struct WorkerResult {
     worker: u32,
     pid: Option<i32>,
-    /// CPU seconds of the worker's process tree, as last measured.
+    /// CPU seconds the worker used (its rusage when reaped: itself and the
+    /// children it reaped).
     cpu_s: Option<f64>,
     #[serde(flatten)]
     report: Report,
@@ -148,10 +145,11 @@ struct Summary {
     duration_s: f64,
     peak_load: Option<f64>,
     load_source: String,
-    /// CPUs the parent's load is measured against, as of its last sample.
+    /// CPUs the load is measured against, as of the last sample (the
+    /// workers', else the parent's).
     capacity: f64,
     signals: Vec<SignalReport>,
-    /// Time each interval's work took (load, worker CPU, decision).
+    /// Time each admission sample took (none without `--max-utilization`).
     sampling: SampleTiming,
     /// Where `--metrics-addr` serves (see the single-run result).
     metrics_url: Option<String>,
@@ -166,9 +164,10 @@ struct ReportFileContents<'a> {
 pub struct Parent {
     exe: PathBuf,
     worker_args: Vec<OsString>,
+    /// Lives as long as the workers (a private directory goes with it).
+    _coordination: super::coordination::Coordination,
     interval: Duration,
     meter: LoadMeter,
-    coordinator: Coordinator<u32>,
     admission: Admission,
     report_file: Option<ReportFile>,
     events: Sender<Event>,
@@ -180,27 +179,26 @@ pub struct Parent {
     interrupt_deadline: Option<Instant>,
     signals: Vec<SignalReport>,
     started: Stamp,
+    /// Highest load sampled, by the parent or a worker.
     peak_load: Option<f64>,
+    /// The last capacity a worker reported.
+    capacity: Option<f64>,
     /// The last load warning, told once until it changes.
     load_warning: Option<String>,
-    /// The last admission or policy note, told once until it changes.
+    /// The last admission note, told once until it changes.
     note: Option<String>,
-    proc: HostPaths,
     observer: Observer,
     sampling: SampleTiming,
 }
 
 impl Parent {
     pub fn new(plan: Plan, exe: PathBuf, events: Sender<Event>, inbox: Receiver<Event>) -> Self {
-        let coordinator = Coordinator::new(plan.policy)
-            .expect("policy validated by plan()")
-            .with_warm_up(START_UP_SAMPLES);
         Parent {
             exe,
             worker_args: plan.worker_args,
+            _coordination: plan.coordination,
             interval: plan.interval,
             meter: plan.meter,
-            coordinator,
             admission: Admission::new(plan.max_utilization),
             report_file: plan.report,
             events,
@@ -213,9 +211,9 @@ impl Parent {
             signals: Vec::new(),
             started: Stamp::now(),
             peak_load: None,
+            capacity: None,
             load_warning: None,
             note: None,
-            proc: HostPaths::system(),
             observer: plan.observer,
             sampling: SampleTiming::default(),
         }
@@ -248,8 +246,10 @@ impl Parent {
             let now = Instant::now();
             self.check_deadlines(now);
             if now >= next_sample {
-                self.sample(now);
-                self.sampling.record(now.elapsed());
+                if !self.waiting.is_empty() && self.stopping.is_none() {
+                    self.admit(now);
+                    self.sampling.record(now.elapsed());
+                }
                 next_sample = (next_sample + self.interval).max(now);
             }
         }
@@ -295,12 +295,11 @@ impl Parent {
                             ready: false,
                             deferred: None,
                             sent: Vec::new(),
-                            cpu: CpuUse::new(started.mono),
-                            ending: false,
                             drain: None,
                             killed: None,
                             interrupted: false,
                             exit: None,
+                            cpu_s: None,
                             stdout: None,
                         },
                     );
@@ -321,24 +320,44 @@ impl Parent {
         match event {
             Event::Signal(signal) => self.on_signal(signal),
             Event::Stderr(id, line) => {
-                let text = worker::strip_prefix(&line);
-                progress!("worker {id}: {text}");
+                progress!("worker {id}: {}", worker::strip_prefix(&line));
+            }
+            Event::Said(id, event) => {
                 let Some(w) = self.workers.get_mut(&id) else {
                     return;
                 };
+                // Its first event comes once its signal handlers are up.
                 w.ready = true;
                 if let Some((signal, action)) = w.deferred.take() {
                     w.send(signal, action);
                 }
-                if let Some(state) = worker::state_of(text) {
-                    if state == State::Ending.as_str() {
-                        w.ending = true;
+                match event {
+                    WorkerEvent::State { state, at, drain } => {
+                        w.states.push(StateChange { state, at });
+                        if state == State::Ending {
+                            self.on_worker_drain(id, drain);
+                        }
                     }
-                    if let Ok(state) = serde_json::from_value(state.into()) {
-                        w.states.push(StateChange {
-                            state,
-                            at: Stamp::now().rfc3339(),
-                        });
+                    WorkerEvent::Load {
+                        load,
+                        capacity,
+                        source,
+                        process_cpu,
+                    } => {
+                        let now = Instant::now();
+                        gst::debug!(
+                            CAT,
+                            "cpuguard-run: worker {id} (pid {}) CPU {}: load {load:.3} \
+                             ({source}), capacity {capacity:.2} CPUs",
+                            w.pid,
+                            process_cpu.map_or_else(|| "unknown".to_owned(), |c| format!("{c:.3}"))
+                        );
+                        self.peak_load = Some(self.peak_load.map_or(load, |p| p.max(load)));
+                        self.capacity = Some(capacity);
+                        self.observer.sample(now, load, capacity, &source);
+                        if let Some(cpu) = process_cpu {
+                            self.observer.worker_cpu(now, id, cpu);
+                        }
                     }
                 }
             }
@@ -348,9 +367,10 @@ impl Parent {
                     self.maybe_finalize(id);
                 }
             }
-            Event::Exited(id, status) => {
+            Event::Exited(id, status, cpu_s) => {
                 if let Some(w) = self.workers.get_mut(&id) {
                     w.exit = Some((status, Instant::now()));
+                    w.cpu_s = cpu_s;
                     self.maybe_finalize(id);
                 }
             }
@@ -405,7 +425,7 @@ impl Parent {
                         );
                         continue;
                     }
-                    self.request_drain(id, EndReason::StopRequested, None);
+                    self.request_drain(id);
                 }
                 "drain"
             }
@@ -415,8 +435,8 @@ impl Parent {
             }
             _ => {
                 progress!(
-                    "{signal}: ignored; in multi-pipeline mode the parent chooses which worker \
-                     drains"
+                    "{signal}: ignored; in multi-pipeline mode the workers' cpuguard elements \
+                     choose which worker drains"
                 );
                 "none"
             }
@@ -438,36 +458,88 @@ impl Parent {
         }
     }
 
-    /// Asks worker `id` to drain: SIGUSR1 for cpu-limit, SIGTERM for a stop.
-    fn request_drain(&mut self, id: u32, reason: EndReason, victim: Option<Victim<u32>>) {
-        let source = self.meter.source().to_string();
+    /// Worker `id` said ENDING. A drain the parent did not ask for is the
+    /// worker's own (its cpuguard won the coordination, or someone signalled
+    /// the worker directly): the parent times it from now.
+    fn on_worker_drain(&mut self, id: u32, said: Option<DrainEvent>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if let Some(drain) = w.drain.as_mut() {
+            // The parent's stop crossed the worker's own drain: the worker's
+            // is the one its result will name.
+            if drain.said.is_none()
+                && let Some(said) = said
+            {
+                drain.reason = said.reason.clone();
+                drain.said = Some(said);
+            }
+            return;
+        }
+        let reason = said
+            .as_ref()
+            .map_or_else(|| EndReason::CPU_LIMIT.to_owned(), |d| d.reason.clone());
+        let cause = said.as_ref().and_then(DrainEvent::trigger_text);
+        match &cause {
+            Some(cause) => progress!(
+                "{cause}: draining worker {id} (pid {}), reason {reason}, as its cpuguard decided",
+                w.pid
+            ),
+            None => progress!("draining worker {id} (pid {}), reason {reason}", w.pid),
+        }
+        gst::info!(
+            CAT,
+            "cpuguard-run: victim: worker {id} (pid {}), chosen by the workers' cpuguard \
+             elements: reason {reason}{}",
+            w.pid,
+            cause.map_or_else(String::new, |c| format!(", {c}"))
+        );
+        self.start_drain(id, reason, said, None);
+    }
+
+    /// Asks worker `id` to drain with reason stop-requested (SIGTERM).
+    fn request_drain(&mut self, id: u32) {
+        self.start_drain(
+            id,
+            EndReason::StopRequested.as_str().to_owned(),
+            None,
+            Some(Signal::SIGTERM),
+        );
+    }
+
+    /// Starts timing a drain of worker `id`, sending `signal` when the parent
+    /// is the one asking.
+    fn start_drain(
+        &mut self,
+        id: u32,
+        reason: String,
+        said: Option<DrainEvent>,
+        signal: Option<Signal>,
+    ) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
         let now = Stamp::now();
         let timeout_ms = w.job.drain_timeout_ms;
-        let signal = match reason {
-            EndReason::CpuLimit => Signal::SIGUSR1,
-            _ => Signal::SIGTERM,
-        };
         gst::info!(
             CAT,
-            "cpuguard-run: drain start: worker {id} (pid {}), reason {reason}, {signal}, \
-             timeout {}",
+            "cpuguard-run: drain start: worker {id} (pid {}), reason {reason}, {}, timeout {}",
             w.pid,
+            signal.map_or("announced by the worker", |s| s.as_str()),
             timeout_ms.map_or_else(|| "none".to_owned(), |ms| format!("{ms} ms"))
         );
         self.observer
-            .drain_started(now.mono, reason.as_str(), format!("worker {id}: {reason}"));
+            .drain_started(now.mono, &reason, format!("worker {id}: {reason}"));
         w.drain = Some(ParentDrain {
             reason,
             requested: now,
             deadline: timeout_ms.map(|ms| now.mono + Duration::from_millis(u64::from(ms))),
             timeout_ms,
-            victim,
-            source,
+            said,
         });
-        w.send(signal, "drain");
+        if let Some(signal) = signal {
+            w.send(signal, "drain");
+        }
     }
 
     fn check_deadlines(&mut self, now: Instant) {
@@ -523,9 +595,9 @@ impl Parent {
         }
     }
 
-    /// One interval: shared load, each worker's CPU, then the coordinator's
-    /// choice and admission.
-    fn sample(&mut self, now: Instant) {
+    /// One admission sample: waiting jobs start while the load is below
+    /// `--max-utilization`.
+    fn admit(&mut self, now: Instant) {
         let load = match self.meter.sample(now) {
             Ok(sample) => {
                 gst::debug!(
@@ -542,7 +614,7 @@ impl Parent {
                 Some(sample.load)
             }
             Err(err) => {
-                // Never a load: a window nobody measured must not drain.
+                // Never a load: nothing is admitted on a window nobody measured.
                 let text = err.to_string();
                 gst::warning!(CAT, "cpuguard-run: no load sample: {text}");
                 self.observer.sample_error();
@@ -553,112 +625,16 @@ impl Parent {
                 None
             }
         };
-        let table = ProcessTable::scan(&self.proc);
-        for w in self.workers.values_mut() {
-            if w.exit.is_none()
-                && let Some(seconds) = table.cpu_seconds(&self.proc, w.pid)
-            {
-                w.cpu.update(seconds, now);
-                gst::debug!(
-                    CAT,
-                    "cpuguard-run: worker {} (pid {}) CPU {:.3} CPUs ({:.2} s in all)",
-                    w.job.id,
-                    w.pid,
-                    w.cpu.rate,
-                    w.cpu.total
-                );
-                self.observer.worker_cpu(now, w.job.id, w.cpu.rate);
-            }
-        }
-        if self.stopping.is_some() {
-            return;
-        }
-        if let Some(load) = load {
-            self.decide(load);
-        }
         let admit = self.admission.admit(load, self.waiting.len());
         if admit > 0 {
             self.note = None;
             self.start_waiting(admit);
-        } else if let (Some(max), false) = (self.admission.max(), self.waiting.is_empty()) {
+        } else if let Some(max) = self.admission.max() {
             let load = load.map_or_else(|| "unknown".to_owned(), |l| format!("{l:.3}"));
             self.tell_once(format!(
                 "admission: load {load} is not below max-utilization {max}: {} job(s) waiting",
                 self.waiting.len()
             ));
-        }
-    }
-
-    fn decide(&mut self, load: f64) {
-        let candidates: Vec<Candidate<u32>> = self
-            .workers
-            .values()
-            .map(|w| Candidate {
-                id: w.job.id,
-                cpu: w.cpu.rate,
-                ending: w.is_ending(),
-            })
-            .collect();
-        if candidates.is_empty() {
-            // Counting high samples with nobody to drain would drain the
-            // first job admitted at once.
-            return;
-        }
-        match self.coordinator.observe(load, &candidates) {
-            Decision::Drain(victim) => {
-                let cpus: Vec<String> = candidates
-                    .iter()
-                    .filter(|c| !c.ending)
-                    .map(|c| format!("worker {} {:.2}", c.id, c.cpu))
-                    .collect();
-                let pid = self.workers.get(&victim.id).map_or(0, |w| w.pid);
-                gst::info!(
-                    CAT,
-                    "cpuguard-run: victim: worker {} (pid {pid}), the heaviest of {} \
-                     (CPUs: {}); load {:.3} reached the {} threshold {}",
-                    victim.id,
-                    cpus.len(),
-                    cpus.join(", "),
-                    victim.load,
-                    victim.trigger,
-                    victim.threshold
-                );
-                progress!(
-                    "load {:.3} ({}) reached the {} threshold {}: draining worker {} (pid {pid}), \
-                     the heaviest (CPUs: {}), reason cpu-limit",
-                    victim.load,
-                    self.meter.source(),
-                    victim.trigger,
-                    victim.threshold,
-                    victim.id,
-                    cpus.join(", ")
-                );
-                self.note = None;
-                self.request_drain(victim.id, EndReason::CpuLimit, Some(victim));
-            }
-            Decision::Wait(Verdict::Rising { count, hold }) => {
-                gst::debug!(
-                    CAT,
-                    "cpuguard-run: load {load:.3} at or above soft: {count}/{hold}"
-                );
-                progress!(
-                    "load {load:.3} at or above soft-threshold {} ({count}/{hold})",
-                    self.coordinator.config().soft
-                );
-            }
-            Decision::Wait(Verdict::WarmingUp { left }) => {
-                gst::debug!(
-                    CAT,
-                    "cpuguard-run: load {load:.3} not judged: its window covers the workers' \
-                     start-up ({left} more to skip)"
-                );
-            }
-            Decision::NoCandidate => {
-                self.tell_once(format!(
-                    "load {load:.3} is high but every worker is already ending"
-                ));
-            }
-            Decision::Wait(_) | Decision::InFlight(_) => {}
         }
     }
 
@@ -681,7 +657,6 @@ impl Parent {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
-        self.coordinator.finished(&id);
         let report = result_of(&w);
         progress!(
             "worker {id} (pid {}) ended: {} ({})",
@@ -689,7 +664,7 @@ impl Parent {
             report.status.as_str(),
             report.reason
         );
-        self.emit(id, Some(w.pid), Some(w.cpu.total), report);
+        self.emit(id, Some(w.pid), w.cpu_s, report);
     }
 
     fn emit(&mut self, id: u32, pid: Option<i32>, cpu_s: Option<f64>, report: Report) {
@@ -753,7 +728,8 @@ impl Parent {
             duration_s: self.started.seconds_until(&ended),
             peak_load: self.peak_load.map(|l| (l * 10_000.0).round() / 10_000.0),
             load_source: self.meter.source().to_string(),
-            capacity: (self.meter.capacity() * 1000.0).round() / 1000.0,
+            capacity: (self.capacity.unwrap_or_else(|| self.meter.capacity()) * 1000.0).round()
+                / 1000.0,
             signals: self.signals.clone(),
             sampling: self.sampling.clone(),
             metrics_url: self.observer.metrics_url(),
@@ -851,19 +827,13 @@ fn result_of(w: &Worker) -> Report {
     }
 }
 
-/// The worker only saw a request: the parent's deadline, and for a
-/// cpu-limit drain the parent's decision, are what its drain should say.
+/// The worker runs with no drain timeout of its own: the parent's deadline
+/// is what its drain should say.
 fn with_parent_drain(mut report: Report, w: &Worker) -> Report {
     if let (Some(drain), Some(parent)) = (report.drain.as_mut(), w.drain.as_ref())
-        && drain.reason == parent.reason.as_str()
+        && drain.reason == parent.reason
     {
         drain.timeout_ms = parent.timeout_ms;
-        if let Some(victim) = &parent.victim {
-            drain.trigger = Some(victim.trigger.as_str().to_owned());
-            drain.load = Some((victim.load * 10_000.0).round() / 10_000.0);
-            drain.threshold = Some(victim.threshold);
-            drain.source = Some(parent.source.clone());
-        }
     }
     report
 }
@@ -885,21 +855,19 @@ fn made_report(
         at: ended.rfc3339(),
     });
     let drain = w.drain.as_ref().map(|d| DrainReport {
-        reason: d.reason.as_str().to_owned(),
-        description: d.reason.description(),
+        reason: d.reason.clone(),
+        description: EndReason::parse(&d.reason)
+            .map_or_else(|_| d.reason.clone(), |r| r.description()),
         trigger: Some(
-            d.victim
+            d.said
                 .as_ref()
-                .map_or("request", |v| v.trigger.as_str())
-                .to_owned(),
+                .and_then(|s| s.trigger.clone())
+                .unwrap_or_else(|| "request".to_owned()),
         ),
-        element: None,
-        load: d
-            .victim
-            .as_ref()
-            .map(|v| (v.load * 10_000.0).round() / 10_000.0),
-        threshold: d.victim.as_ref().map(|v| v.threshold),
-        source: d.victim.as_ref().map(|_| d.source.clone()),
+        element: d.said.as_ref().and_then(|s| s.element.clone()),
+        load: d.said.as_ref().and_then(|s| s.load),
+        threshold: d.said.as_ref().and_then(|s| s.threshold),
+        source: d.said.as_ref().and_then(|s| s.source.clone()),
         requested_at: d.requested.rfc3339(),
         completed: false,
         duration_s: d.requested.seconds_until(&ended),

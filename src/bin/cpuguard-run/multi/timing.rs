@@ -1,8 +1,6 @@
-//! How long the parent's per-interval work takes (shared load, every worker's
-//! process tree, the coordinator's choice), reported in the summary as
-//! `sampling` so its cost can be measured against the number of workers
-//! (`scripts/bench.sh`). Mean and max only: a run may last days, so no
-//! per-sample history is kept.
+//! How long the parent's admission samples take (`--max-utilization` only:
+//! the parent samples nothing else), reported in the summary as `sampling`.
+//! Mean and max only: a run may last days, so no per-sample history is kept.
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! turn it into [`Event`]s for the parent loop.
 
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
@@ -11,6 +11,7 @@ use std::sync::mpsc::Sender;
 
 use nix::sys::signal::Signal;
 
+use crate::channel::WorkerEvent;
 use crate::report::Report;
 
 /// What the parent loop reacts to.
@@ -18,12 +19,14 @@ use crate::report::Report;
 pub enum Event {
     /// A signal to the parent (delivered on the GLib main loop, forwarded here).
     Signal(Signal),
-    /// One stderr line of a worker.
+    /// One stderr line of a worker (for people: forwarded as it is).
     Stderr(u32, String),
-    /// A worker's whole stdout, once it closed it.
+    /// An event on a worker's channel (see [`crate::channel`]).
+    Said(u32, WorkerEvent),
+    /// A worker's stdout other than its events, once it closed it: its result.
     Stdout(u32, String),
-    /// A worker process ended (reaped).
-    Exited(u32, ExitStatus),
+    /// A worker process ended (reaped), with the CPU seconds it used.
+    Exited(u32, ExitStatus, Option<f64>),
 }
 
 /// Starts worker `id` on `description`; returns its pid (also its process
@@ -78,8 +81,20 @@ pub fn spawn(
         .name(format!("worker-{id}-stdout"))
         .spawn(move || {
             let mut text = String::new();
-            if let Some(mut stdout) = stdout {
-                let _ = stdout.read_to_string(&mut text);
+            for line in stdout.into_iter().flat_map(|s| BufReader::new(s).lines()) {
+                let Ok(line) = line else { break };
+                match WorkerEvent::parse(&line) {
+                    Some(Ok(event)) => {
+                        let _ = tx.send(Event::Said(id, event));
+                    }
+                    Some(Err(err)) => {
+                        let _ = tx.send(Event::Stderr(id, format!("bad channel line: {err}")));
+                    }
+                    None => {
+                        text.push_str(&line);
+                        text.push('\n');
+                    }
+                }
             }
             let _ = tx.send(Event::Stdout(id, text));
         })?;
@@ -87,11 +102,38 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("worker-{id}-wait"))
         .spawn(move || {
-            if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(id, status));
+            if let Some((status, cpu_s)) = reap(pid) {
+                let _ = tx.send(Event::Exited(id, status, Some(cpu_s)));
+            } else if let Ok(status) = child.wait() {
+                let _ = tx.send(Event::Exited(id, status, None));
             }
         })?;
     Ok(pid)
+}
+
+/// Waits for `pid` with `wait4`, which also gives its rusage: the CPU
+/// seconds (user + system) the worker used, with the children it reaped.
+/// `None` if the wait failed (the caller then waits the ordinary way).
+fn reap(pid: i32) -> Option<(ExitStatus, f64)> {
+    let mut status = 0;
+    // SAFETY: rusage is plain data, zeroed is a valid value; wait4 writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals; pid is our own child.
+        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if got == pid {
+            break;
+        }
+        if got == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return None;
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some((
+        ExitStatus::from_raw(status),
+        seconds(usage.ru_utime) + seconds(usage.ru_stime),
+    ))
 }
 
 /// The worker's result: the last JSON line it printed, if it got that far.
@@ -134,13 +176,6 @@ pub fn strip_prefix(line: &str) -> &str {
     line.strip_prefix("cpuguard-run: ").unwrap_or(line)
 }
 
-/// The state a progress line announces (`state ACTIVE: pipeline PLAYING`).
-pub fn state_of(text: &str) -> Option<&str> {
-    let rest = text.strip_prefix("state ")?;
-    let word = rest.split(':').next()?.trim();
-    (!word.is_empty() && word.chars().all(|c| c.is_ascii_uppercase())).then_some(word)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,14 +188,6 @@ mod tests {
         );
         assert_eq!(strip_prefix("cpuguard-run: bad"), "bad");
         assert_eq!(strip_prefix("(gst:1): CRITICAL"), "(gst:1): CRITICAL");
-    }
-
-    #[test]
-    fn states_are_recognized() {
-        assert_eq!(state_of("state ENDING"), Some("ENDING"));
-        assert_eq!(state_of("state COMPLETE: Stop requested"), Some("COMPLETE"));
-        assert_eq!(state_of("stateless"), None);
-        assert_eq!(state_of("drain timeout 30000 ms"), None);
     }
 
     #[test]
