@@ -291,6 +291,19 @@ fn light_recorders(dir: &Path, guard: &str, samples: Option<usize>) -> Vec<Recor
         .collect()
 }
 
+/// Every recorder reaches EOS and its file plays.
+fn assert_all_finalized(all: Vec<&Recorder>) {
+    for r in all {
+        r.wait_line(LONG, |l| l.contains("Got EOS from element"));
+        assert!(
+            plays(&r.out),
+            "{} does not play:\n{}",
+            r.out.display(),
+            r.dump()
+        );
+    }
+}
+
 fn started(r: &Recorder, samples: usize) {
     assert!(
         r.wait_count(samples, LONG, |l| l.contains("cpuguard-load")),
@@ -399,16 +412,7 @@ fn heaviest_process_drains_first_then_one_at_a_time_after_a_fresh_hold() {
     for r in &all {
         assert_eq!(r.count("cpuguard-drain"), 1, "{}", r.dump());
     }
-    // Every file is finalized.
-    for r in all {
-        r.wait_line(LONG, |l| l.contains("Got EOS from element"));
-        assert!(
-            plays(&r.out),
-            "{} does not play:\n{}",
-            r.out.display(),
-            r.dump()
-        );
-    }
+    assert_all_finalized(all);
 }
 
 #[test]
@@ -454,15 +458,7 @@ fn real_load_drains_the_heaviest_first_one_at_a_time() {
     order.sort_by_key(|r| r.drain().unwrap().0);
     assert_eq!(order[0].name, "heavy", "{}", dump(&all));
     assert_one_at_a_time(&order);
-    for r in all {
-        r.wait_line(LONG, |l| l.contains("Got EOS from element"));
-        assert!(
-            plays(&r.out),
-            "{} does not play:\n{}",
-            r.out.display(),
-            r.dump()
-        );
-    }
+    assert_all_finalized(all);
 }
 
 #[test]
