@@ -56,16 +56,9 @@ pub enum Origin {
 /// the element's own output pads stand for it.
 pub fn origins(top: &gst::Element) -> Vec<Origin> {
     let sources: Vec<gst::Element> = match top.downcast_ref::<gst::Bin>() {
-        Some(bin) => {
-            let mut sources = Vec::new();
-            let mut iter = leaf_sources(bin);
-            // A resync means the bin changed while we looked: start over.
-            while let Err(gst::IteratorError::Resync) = iter.foreach(|s| sources.push(s)) {
-                sources.clear();
-                iter.resync();
-            }
-            sources
-        }
+        Some(bin) => elements_below(bin, |e| {
+            e.element_flags().contains(gst::ElementFlags::SOURCE) && !e.is::<gst::Bin>()
+        }),
         None => vec![top.clone()],
     };
     let mut origins = Vec::new();
@@ -163,32 +156,31 @@ fn queue_outputs(top: &gst::Element) -> Vec<gst::Pad> {
     let Some(bin) = top.downcast_ref::<gst::Bin>() else {
         return Vec::new();
     };
-    let mut pads = Vec::new();
+    let is_queue = |e: &gst::Element| {
+        e.factory()
+            .is_some_and(|f| ["queue", "queue2", "multiqueue"].contains(&f.name().as_str()))
+    };
+    elements_below(bin, is_queue)
+        .iter()
+        .flat_map(|queue| queue.src_pads())
+        .filter(|p| !p.pad_flags().contains(gst::PadFlags::EOS))
+        .collect()
+}
+
+/// Every element below `bin`, at any depth, for which `keep` holds. A resync
+/// means the bin changed while we looked: start over.
+fn elements_below(bin: &gst::Bin, keep: impl Fn(&gst::Element) -> bool) -> Vec<gst::Element> {
+    let mut found = Vec::new();
     let mut iter = bin.iterate_recurse();
-    loop {
-        match iter.next() {
-            Ok(Some(element)) => {
-                let queue = element.factory().is_some_and(|f| {
-                    ["queue", "queue2", "multiqueue"].contains(&f.name().as_str())
-                });
-                if queue {
-                    pads.extend(
-                        element
-                            .src_pads()
-                            .into_iter()
-                            .filter(|p| !p.pad_flags().contains(gst::PadFlags::EOS)),
-                    );
-                }
-            }
-            Ok(None) => break,
-            Err(gst::IteratorError::Resync) => {
-                pads.clear();
-                iter.resync();
-            }
-            Err(gst::IteratorError::Error) => break,
+    while let Err(gst::IteratorError::Resync) = iter.foreach(|e| {
+        if keep(&e) {
+            found.push(e);
         }
+    }) {
+        found.clear();
+        iter.resync();
     }
-    pads
+    found
 }
 
 /// Pushes `eos` to the peer of `pad` the moment `pad` is not pushing.
@@ -271,11 +263,6 @@ pub fn natural_end_under_way(top: &gst::Element) -> bool {
     left.is_none_or(|left| left <= NATURAL_END_BACKLOG)
 }
 
-fn leaf_sources(bin: &gst::Bin) -> gst::Iterator<gst::Element> {
-    bin.iterate_recurse()
-        .filter(|e| e.element_flags().contains(gst::ElementFlags::SOURCE) && !e.is::<gst::Bin>())
-}
-
 /// Whether `top` is live: one of its sources is a live source (a
 /// `GstBaseSrc` in live mode: a capture, `is-live=true`), so data arrives in
 /// real time and the CPU it takes is the cost of keeping up. A pipeline that
@@ -288,11 +275,10 @@ pub fn is_live(top: &gst::Element) -> bool {
             .is_some_and(|src| src.is_live())
     }
     match top.downcast_ref::<gst::Bin>() {
-        Some(bin) => bin
-            .iterate_recurse()
-            .filter(|e| e.element_flags().contains(gst::ElementFlags::SOURCE))
-            .find(|e| live(&e))
-            .is_some(),
+        Some(bin) => !elements_below(bin, |e| {
+            e.element_flags().contains(gst::ElementFlags::SOURCE) && live(e)
+        })
+        .is_empty(),
         None => live(top),
     }
 }
