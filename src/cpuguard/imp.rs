@@ -407,12 +407,19 @@ impl CpuGuard {
     }
 
     fn post_load(&self, sample: &LoadSample, cpu: f64) {
-        let s = gst::Structure::builder("cpuguard-load")
+        let mut s = gst::Structure::builder("cpuguard-load")
             .field("load", sample.load)
             .field("source", sample.source.as_str())
             .field("capacity", sample.capacity)
-            .field("cpu", cpu)
-            .build();
+            .field("cpu", cpu);
+        // Only where a CFS quota binds and its group was read twice.
+        if let Some(throttling) = sample.throttling {
+            s = s
+                .field("throttled-ratio", throttling.ratio)
+                .field("throttled-seconds", throttling.seconds)
+                .field("throttled-periods", throttling.periods);
+        }
+        let s = s.build();
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
@@ -926,7 +933,10 @@ impl ElementImpl for CpuGuard {
                  Element messages: \
                  cpuguard-load at every sample (load: double, share of capacity; source: string; \
                  capacity: double, CPUs; cpu: double, CPUs used by this element's streaming \
-                 threads); \
+                 threads; and, where a CFS quota binds, throttled-ratio: double, share of the \
+                 window's CFS periods in which the quota's group was throttled, \
+                 throttled-seconds: double, time it spent throttled in the window, \
+                 throttled-periods: guint64, CFS periods in the window); \
                  cpuguard-drain when a drain starts (reason: string, cpu-limit, stop-requested or \
                  the application's own; description: string, e.g. \"CPU limit reached\"; load, \
                  threshold: double; trigger: string, soft, hard or request; source: string; cpu: \

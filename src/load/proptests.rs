@@ -120,7 +120,7 @@ const PARSERS: &[Parser] = &[
         valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.max"),
         check: |t| {
             parse_cpu_max(t).map(|level| {
-                if let Level::Cpus(cpus) = level {
+                if let Level::Cpus(cpus, _) = level {
                     assert_quota_cpus(cpus);
                 }
             })
