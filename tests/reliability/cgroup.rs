@@ -14,6 +14,35 @@ const PERIOD_US: u64 = 100_000;
 impl V1Cgroup {
     /// A group limited to `cpus` CPUs, or why there can be none here.
     pub fn with_quota(name: &str, cpus: f64) -> Result<V1Cgroup, String> {
+        Self::with_quota_period(name, cpus, PERIOD_US)
+    }
+
+    /// A group without a quota whose `cpu.shares` is `shares`, as
+    /// Kubernetes sets them for a CPU request (name it `kubepods…`).
+    pub fn with_shares(name: &str, shares: u64) -> Result<V1Cgroup, String> {
+        let group = Self::create(name)?;
+        group.set_shares(shares)?;
+        Ok(group)
+    }
+
+    /// An in-place resize, as the kubelet does it on v1.
+    pub fn set_shares(&self, shares: u64) -> Result<(), String> {
+        std::fs::write(self.cpu.join("cpu.shares"), shares.to_string())
+            .map_err(|e| format!("cpu.shares: {e}"))
+    }
+
+    /// A group limited to `cpus` CPUs per CFS period of `period_us`.
+    pub fn with_quota_period(name: &str, cpus: f64, period_us: u64) -> Result<V1Cgroup, String> {
+        let group = Self::create(name)?;
+        let quota = (cpus * period_us as f64).round() as u64;
+        std::fs::write(group.cpu.join("cpu.cfs_period_us"), period_us.to_string())
+            .map_err(|e| format!("cpu.cfs_period_us: {e}"))?;
+        std::fs::write(group.cpu.join("cpu.cfs_quota_us"), quota.to_string())
+            .map_err(|e| format!("cpu.cfs_quota_us: {e}"))?;
+        Ok(group)
+    }
+
+    fn create(name: &str) -> Result<V1Cgroup, String> {
         let cpu = Path::new("/sys/fs/cgroup/cpu").join(name);
         std::fs::create_dir(&cpu).map_err(|e| {
             format!(
@@ -24,13 +53,7 @@ impl V1Cgroup {
         let acct = Path::new("/sys/fs/cgroup/cpuacct").join(name);
         // A joint cpu,cpuacct mount has no separate cpuacct directory to make.
         let cpuacct = (!acct.exists() && std::fs::create_dir(&acct).is_ok()).then_some(acct);
-        let group = V1Cgroup { cpu, cpuacct };
-        let quota = (cpus * PERIOD_US as f64).round() as u64;
-        std::fs::write(group.cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string())
-            .map_err(|e| format!("cpu.cfs_period_us: {e}"))?;
-        std::fs::write(group.cpu.join("cpu.cfs_quota_us"), quota.to_string())
-            .map_err(|e| format!("cpu.cfs_quota_us: {e}"))?;
-        Ok(group)
+        Ok(V1Cgroup { cpu, cpuacct })
     }
 
     /// A shell prefix that moves the shell (and what it execs) into the group.
