@@ -15,7 +15,7 @@ use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
 use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
-use crate::policy::{Policy, PolicyConfig};
+use crate::policy::{DEFAULT_RELEASE, Policy, PolicyConfig};
 use crate::reason::EndReason;
 
 pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -29,7 +29,6 @@ pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_SOFT: f64 = 0.85;
 const DEFAULT_HARD: f64 = 0.95;
 const DEFAULT_HOLD: u32 = 3;
-const DEFAULT_RELEASE: u32 = 1;
 const DEFAULT_INTERVAL_MS: u32 = 1000;
 const MIN_INTERVAL_MS: u32 = 10;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 30_000;
@@ -660,7 +659,8 @@ impl ObjectImpl for CpuGuard {
                     .nick("Release")
                     .blurb(
                         "Consecutive samples (1-100000) below soft-threshold before the above-soft \
-                         count resets (hysteresis: 1 = any low sample resets; LiveKit Egress uses 5)",
+                         count resets (hysteresis: 1 = any low sample resets, 2 = one low sample \
+                         among high ones does not; LiveKit Egress uses 5)",
                     )
                     .minimum(1)
                     .maximum(100_000)
