@@ -102,7 +102,10 @@ impl FromStr for LoadSourceKind {
 /// One measurement.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoadSample {
-    /// Share of `capacity` used over the window; 1.0 (or a bit more) is saturation.
+    /// Share of `capacity` used over the window; 1.0 (or a bit more) is
+    /// saturation. For `psi`, the share of the window in which some task
+    /// waited for a CPU instead: 1.0 is waiting all the time, which a
+    /// saturated quota need not reach.
     pub load: f64,
     /// CPUs available to the process (for `system`: online CPUs).
     pub capacity: f64,
