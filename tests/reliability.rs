@@ -714,50 +714,20 @@ fn real_quotas_are_tracked_and_picked_by_auto() {
     eprintln!("RELIABILITY real quotas: {} tried", tried.len());
 }
 
-/// A process started straight into a v1 group: it writes itself into the
-/// group's `cgroup.procs` files between fork and exec, so it is a member by
-/// the time `spawn` returns (no waiting for it to move).
+/// A process started straight into a v1 group (see
+/// [`cgroup::V1Cgroup::join_before_exec`]), killed with its process group on drop.
 struct InGroup(std::process::Child);
 
 impl InGroup {
     fn spawn(group: &cgroup::V1Cgroup, program: &str, args: &[&str]) -> InGroup {
         use std::os::unix::process::CommandExt;
-        let procs: Vec<std::ffi::CString> = std::iter::once(&group.cpu)
-            .chain(group.cpuacct.as_ref())
-            .map(|dir| {
-                std::ffi::CString::new(
-                    dir.join("cgroup.procs")
-                        .into_os_string()
-                        .into_encoded_bytes(),
-                )
-                .unwrap()
-            })
-            .collect();
         let mut command = std::process::Command::new(program);
         command
             .args(args)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .process_group(0);
-        // SAFETY: only async-signal-safe calls (open, write, close) on
-        // memory prepared before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                for path in &procs {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0": the writing process itself.
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        group.join_before_exec(&mut command);
         InGroup(
             command
                 .spawn()

@@ -56,6 +56,42 @@ impl V1Cgroup {
         Ok(V1Cgroup { cpu, cpuacct })
     }
 
+    /// Makes `command`'s process write itself into the group's
+    /// `cgroup.procs` files between fork and exec, so it is a member by the
+    /// time `spawn` returns (no waiting for it to move).
+    pub fn join_before_exec(&self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let procs: Vec<std::ffi::CString> = std::iter::once(&self.cpu)
+            .chain(self.cpuacct.as_ref())
+            .map(|dir| {
+                let path = dir
+                    .join("cgroup.procs")
+                    .into_os_string()
+                    .into_encoded_bytes();
+                std::ffi::CString::new(path).expect("a cgroup path has no NUL")
+            })
+            .collect();
+        // SAFETY: only async-signal-safe calls (open, write, close) on
+        // memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself.
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+
     /// A shell prefix that moves the shell (and what it execs) into the group.
     pub fn join_script(&self) -> String {
         let mut join = format!("echo $$ > {}/cgroup.procs", self.cpu.display());
