@@ -401,7 +401,7 @@ fn timeline_shows_the_thresholds_and_the_cpu_limit_drain() {
     let texts = svg_texts(&text);
     for needle in [
         "cpuguard-run: CPU limit reached (cpu-limit)",
-        "soft threshold 0.5 (drains after hold 3)",
+        "soft threshold 0.5 (drains after hold 3, release 2)",
         "hard threshold 0.95 (drains at once)",
         "drain: cpu-limit (soft threshold, load 0.70)",
         "time since start (s)",

@@ -803,21 +803,8 @@ fn real_v1_quota_saturation_is_recognised_at_every_sample() {
             return;
         };
         let workers = (cpus.ceil() as u32 + 1).to_string();
-        let burner = InGroup::spawn(
-            &group,
-            "stress-ng",
-            &["--cpu", &workers, "--quiet", "--timeout", "120s"],
-        );
-        let mut meter = gstcpuguard::load::LoadMeter::new(
-            gstcpuguard::load::LoadSourceKind::Cgroup,
-            &gstcpuguard::load::HostPaths::system(),
-            burner.pid(),
-        )
-        .expect("cgroup meter on the burner");
-        let saturated = samples_every(&mut meter, interval, 16);
-        let loads: Vec<String> = saturated.iter().map(|s| format!("{:.2}", s.load)).collect();
+        let (saturated, loads) = cgroup_samples(&group, &["--cpu", &workers], interval);
         eprintln!("{cpus} CPU saturated, loads at 250 ms: {}", loads.join(" "));
-        assert!(saturated.len() >= 14, "too few samples: {loads:?}");
         for sample in &saturated {
             let throttling = sample.throttling.expect("throttling of the quota's group");
             assert!(
@@ -826,46 +813,47 @@ fn real_v1_quota_saturation_is_recognised_at_every_sample() {
                 sample.load
             );
         }
-        drop(burner);
 
         // Half the quota, spread over its periods.
         let share = ((cpus * 50.0).round() as u32).to_string();
-        let steady = InGroup::spawn(
-            &group,
-            "stress-ng",
-            &[
-                "--cpu",
-                "1",
-                "--cpu-load",
-                &share,
-                "--quiet",
-                "--timeout",
-                "120s",
-            ],
-        );
-        let mut meter = gstcpuguard::load::LoadMeter::new(
-            gstcpuguard::load::LoadSourceKind::Cgroup,
-            &gstcpuguard::load::HostPaths::system(),
-            steady.pid(),
-        )
-        .expect("cgroup meter on the steady load");
-        let steady_samples = samples_every(&mut meter, interval, 16);
-        let loads: Vec<String> = steady_samples
-            .iter()
-            .map(|s| format!("{:.2}", s.load))
-            .collect();
+        let (steady, loads) =
+            cgroup_samples(&group, &["--cpu", "1", "--cpu-load", &share], interval);
         eprintln!(
             "{cpus} CPU at half its quota, loads at 250 ms: {}",
             loads.join(" ")
         );
-        assert!(steady_samples.len() >= 14, "too few samples: {loads:?}");
-        for sample in &steady_samples {
+        for sample in &steady {
             assert!(
                 sample.throttling.is_some_and(|t| !t.saturated()) && sample.load < hard,
                 "{cpus} CPU at half its quota read saturated: {sample:?}; all: {loads:?}"
             );
         }
     }
+}
+
+/// 16 judged `cgroup` samples, `interval` apart, of stress-ng with `args`
+/// running in `group`, and their loads for messages.
+fn cgroup_samples(
+    group: &cgroup::V1Cgroup,
+    args: &[&str],
+    interval: Duration,
+) -> (Vec<gstcpuguard::load::LoadSample>, Vec<String>) {
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--quiet", "--timeout", "120s"])
+        .collect();
+    let burner = InGroup::spawn(group, "stress-ng", &args);
+    let mut meter = gstcpuguard::load::LoadMeter::new(
+        gstcpuguard::load::LoadSourceKind::Cgroup,
+        &gstcpuguard::load::HostPaths::system(),
+        burner.pid(),
+    )
+    .expect("cgroup meter on stress-ng");
+    let samples = samples_every(&mut meter, interval, 16);
+    let loads: Vec<String> = samples.iter().map(|s| format!("{:.2}", s.load)).collect();
+    assert!(samples.len() >= 14, "too few samples: {loads:?}");
+    (samples, loads)
 }
 
 /// Issue #14: without a quota, a Kubernetes-managed group's `cpu.shares` is

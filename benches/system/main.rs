@@ -7,6 +7,10 @@
 //! short. Without `--bench` (`cargo test --all-targets`) it only runs a smoke
 //! check of a few seconds.
 
+// The tests' cgroup v1 helper, for item 8's real quota.
+#[allow(dead_code)]
+#[path = "../../tests/reliability/cgroup.rs"]
+mod cgroup;
 mod clock;
 mod crash_safe;
 mod per_buffer;

@@ -10,20 +10,17 @@
 //! `release`, and the start-up sample the guards leave unjudged, which is
 //! counted here as a sample that passed).
 
-use std::ffi::CString;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gstcpuguard::load::{HostPaths, LoadMeter, LoadSourceKind};
 use gstcpuguard::policy::{Policy, PolicyConfig, START_UP_SAMPLES, Verdict};
 
+use crate::cgroup::{PERIOD_US, V1Cgroup};
 use crate::report::Row;
 use crate::stats::median;
 
 const QUOTA_CPUS: f64 = 0.5;
-const PERIOD_US: u64 = 100_000;
 /// Samples after which a source counts as not draining.
 const MAX_SAMPLES: u32 = 12;
 const SOURCES: [LoadSourceKind; 4] = [
@@ -34,88 +31,28 @@ const SOURCES: [LoadSourceKind; 4] = [
 ];
 const INTERVALS_MS: [u64; 2] = [250, 1000];
 
-/// A v1 `cpu` (+ `cpuacct`) group with a quota, removed on drop.
-struct Group {
-    dirs: Vec<PathBuf>,
+/// The quota group (the tests' helper: created here, emptied and removed
+/// on drop).
+fn create_group() -> Result<V1Cgroup, String> {
+    let name = format!("cpuguard-bench-{}", std::process::id());
+    V1Cgroup::with_quota(&name, QUOTA_CPUS)
 }
 
-impl Group {
-    fn create() -> Result<Group, String> {
-        let name = format!("cpuguard-bench-{}", std::process::id());
-        let cpu = Path::new("/sys/fs/cgroup/cpu").join(&name);
-        std::fs::create_dir(&cpu).map_err(|e| {
-            format!(
-                "cannot create {} ({e}): needs root and the cgroup v1 cpu controller",
-                cpu.display()
-            )
-        })?;
-        let mut group = Group {
-            dirs: vec![cpu.clone()],
-        };
-        let acct = Path::new("/sys/fs/cgroup/cpuacct").join(&name);
-        if !acct.exists() && std::fs::create_dir(&acct).is_ok() {
-            group.dirs.push(acct);
-        }
-        let write = |file: &str, value: String| {
-            std::fs::write(cpu.join(file), value).map_err(|e| format!("{file}: {e}"))
-        };
-        write("cpu.cfs_period_us", PERIOD_US.to_string())?;
-        write(
-            "cpu.cfs_quota_us",
-            ((QUOTA_CPUS * PERIOD_US as f64) as u64).to_string(),
-        )?;
-        Ok(group)
-    }
-
-    /// A spinning shell that joins the group between fork and exec.
-    fn spawn_burner(&self) -> Result<Child, String> {
-        let procs: Vec<CString> = self
-            .dirs
-            .iter()
-            .map(|d| CString::new(d.join("cgroup.procs").into_os_string().into_encoded_bytes()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", "while :; do :; done"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        // SAFETY: only async-signal-safe calls on memory prepared before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                for path in &procs {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                    if written != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        command.spawn().map_err(|e| format!("burner: {e}"))
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        for dir in &self.dirs {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
+/// A spinning shell that joins the group between fork and exec.
+fn spawn_burner(group: &V1Cgroup) -> Result<Child, String> {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "while :; do :; done"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    group.join_before_exec(&mut command);
+    command.spawn().map_err(|e| format!("burner: {e}"))
 }
 
 /// Samples each source took to drain in one run (`None`: not within
 /// `MAX_SAMPLES`, or the source is unavailable here).
-fn run_once(group: &Group, interval: Duration) -> Result<Vec<Option<u32>>, String> {
-    let mut burner = group.spawn_burner()?;
+fn run_once(group: &V1Cgroup, interval: Duration) -> Result<Vec<Option<u32>>, String> {
+    let mut burner = spawn_burner(group)?;
     let pid = burner.id() as i32;
     let paths = HostPaths::system();
     let mut judged: Vec<Option<(LoadMeter, Policy)>> = SOURCES
@@ -167,7 +104,7 @@ pub struct Outcome {
 }
 
 pub fn measure(rounds: usize) -> Result<Outcome, String> {
-    let group = Group::create()?;
+    let group = create_group()?;
     let config = PolicyConfig::default();
     let mut rows = Vec::new();
     let mut details = format!(

@@ -746,7 +746,9 @@ impl ObjectImpl for CpuGuard {
                         "CPUs this workload was promised (a Kubernetes CPU request; 0 = unset): \
                          the capacity load is measured against when there is no CPU quota \
                          (a quota always wins); with it, load-source auto follows the cgroup \
-                         instead of the whole host",
+                         instead of the whole host. Unset, a cgroup under kubepods gives its \
+                         request through cpu.shares (v1) or cpu.weight (v2), re-read at every \
+                         sample; this overrides it",
                     )
                     .minimum(0.0)
                     .maximum(f64::from(u32::MAX))

@@ -42,7 +42,7 @@ pub use process::{
 };
 pub use request::{CpuRequest, CpuRequestError};
 pub use share::{WEIGHT_MAPPING, WeightMapping};
-pub use throttle::{SATURATED_THROTTLED_SHARE, Throttling};
+pub use throttle::{SATURATED_MIN_USED, SATURATED_THROTTLED_SHARE, Throttling};
 
 /// Which counter a [`LoadMeter`] follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -9,7 +9,8 @@ pub struct V1Cgroup {
     pub cpuacct: Option<PathBuf>,
 }
 
-const PERIOD_US: u64 = 100_000;
+/// The CFS period of the groups made here, in µs.
+pub const PERIOD_US: u64 = 100_000;
 
 impl V1Cgroup {
     /// A group limited to `cpus` CPUs, or why there can be none here.
