@@ -36,7 +36,7 @@ fn inspect_interface_has_contract_names_and_defaults() {
     assert_eq!(e.property::<f64>("soft-threshold"), 0.85);
     assert_eq!(e.property::<f64>("hard-threshold"), 0.95);
     assert_eq!(e.property::<u32>("hold"), 3);
-    assert_eq!(e.property::<u32>("release"), 1);
+    assert_eq!(e.property::<u32>("release"), 2);
     let release = e.find_property("release").unwrap();
     let release = release.downcast_ref::<glib::ParamSpecUInt>().unwrap();
     assert_eq!((release.minimum(), release.maximum()), (1, 100_000));
@@ -455,6 +455,7 @@ fn oscillating_load_below_hold_never_drains() {
         ("root", v(host.root_str())),
         ("interval", v(50u32)),
         ("hold", v(HOLD)),
+        ("release", v(1u32)),
         ("soft-threshold", v(SOFT)),
         ("hard-threshold", v(1.0)),
     ]);

@@ -4,6 +4,10 @@
 //! real worker processes and signals; the shared load comes from a simulated
 //! host where a decision must be deterministic. Timing bounds only catch hangs.
 
+// Shared with tests/reliability.rs, which uses the rest of it.
+#[allow(dead_code)]
+#[path = "reliability/cgroup.rs"]
+mod cgroup;
 mod common;
 
 use common::run::{Run, Stream, assert_no_panic, spawn_command};
@@ -397,7 +401,7 @@ fn timeline_shows_the_thresholds_and_the_cpu_limit_drain() {
     let texts = svg_texts(&text);
     for needle in [
         "cpuguard-run: CPU limit reached (cpu-limit)",
-        "soft threshold 0.5 (drains after hold 3)",
+        "soft threshold 0.5 (drains after hold 3, release 2)",
         "hard threshold 0.95 (drains at once)",
         "drain: cpu-limit (soft threshold, load 0.70)",
         "time since start (s)",
@@ -464,4 +468,54 @@ fn timeline_is_written_when_a_drain_times_out() {
         texts.iter().any(|t| t == "SIGTERM: drain (stop-requested)"),
         "{texts:?}"
     );
+}
+
+/// Issue #14: where a CFS quota binds, each sample's throttling reaches the
+/// metrics. A real cgroup v1 quota of 0.25 CPU that a burner saturates, with
+/// cpuguard-run measuring it from inside.
+#[test]
+fn throttling_of_a_real_quota_reaches_the_metrics() {
+    const TEST: &str = "throttling_of_a_real_quota_reaches_the_metrics";
+    let _cpu = exclusive_cpu();
+    let name = format!("cpuguard-obs-{}", std::process::id());
+    let group = match cgroup::V1Cgroup::with_quota(&name, 0.25) {
+        Ok(group) => group,
+        Err(why) => return machine::skip(TEST, &why),
+    };
+    let mut burner = Command::new("stress-ng");
+    burner
+        .args(["--cpu", "2", "--quiet", "--timeout", "120s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    group.join_before_exec(&mut burner);
+    let mut burner = burner.spawn().expect("stress-ng runs (scripts/deps.sh)");
+    let mut cmd = command(&[
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--load-source",
+        "cgroup",
+        "--interval",
+        "250",
+        "--dry-run",
+        TINY,
+    ]);
+    cmd.env("GST_DEBUG", "cpuguard:5");
+    group.join_before_exec(&mut cmd);
+    let mut run = start(cmd);
+    let addr = metrics_addr(&mut run);
+    // Three samples logged: the metrics hold at least the first two.
+    for _ in 0..3 {
+        run.wait_stderr("cpuguard-run: sample:");
+    }
+    let body = scrape(&addr);
+    let _ = burner.kill();
+    let _ = burner.wait();
+    let ratio = value(&body, "cpuguard_throttled_periods_ratio");
+    let seconds = value(&body, "cpuguard_throttled_seconds_total");
+    assert!(ratio.is_some_and(|r| r >= 0.9), "{body}");
+    assert!(seconds.is_some_and(|s| s > 0.0), "{body}");
+    run.signal(Signal::SIGTERM);
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
 }

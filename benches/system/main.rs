@@ -1,4 +1,4 @@
-//! System benchmarks of cpuguard (items 1–7 of BENCHMARKS.md): per-buffer
+//! System benchmarks of cpuguard (items 1–8 of BENCHMARKS.md): per-buffer
 //! overhead, sampler cost, reaction time, drain time, memory, scale and the
 //! cost of crash safety, each against a baseline measured in the same run.
 //!
@@ -7,6 +7,10 @@
 //! short. Without `--bench` (`cargo test --all-targets`) it only runs a smoke
 //! check of a few seconds.
 
+// The tests' cgroup v1 helper, for item 8's real quota.
+#[allow(dead_code)]
+#[path = "../../tests/reliability/cgroup.rs"]
+mod cgroup;
 mod clock;
 mod crash_safe;
 mod per_buffer;
@@ -15,6 +19,7 @@ mod reaction;
 mod recorder;
 mod report;
 mod sampler_cost;
+mod saturation;
 mod scale;
 mod stats;
 
@@ -38,6 +43,7 @@ struct Plan {
     scale_rounds: usize,
     crash_safe_seconds: u64,
     crash_safe_rounds: usize,
+    saturation_rounds: usize,
 }
 
 const FULL: Plan = Plan {
@@ -53,6 +59,7 @@ const FULL: Plan = Plan {
     scale_rounds: 3,
     crash_safe_seconds: 120,
     crash_safe_rounds: 9,
+    saturation_rounds: 5,
 };
 
 const QUICK: Plan = Plan {
@@ -68,6 +75,7 @@ const QUICK: Plan = Plan {
     scale_rounds: 1,
     crash_safe_seconds: 30,
     crash_safe_rounds: 5,
+    saturation_rounds: 2,
 };
 
 fn main() -> ExitCode {
@@ -155,6 +163,12 @@ fn bench() -> Result<(), String> {
         )?;
         rows.extend(o.rows);
         details.push(("7. Crash safety", o.details));
+    }
+    if wanted("8") {
+        step("8. samples from saturation to drain");
+        let o = saturation::measure(plan.saturation_rounds)?;
+        rows.extend(o.rows);
+        details.push(("8. Samples from saturation to drain", o.details));
     }
     step("done");
 

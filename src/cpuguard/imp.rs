@@ -15,7 +15,7 @@ use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
 use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
-use crate::policy::{Policy, PolicyConfig};
+use crate::policy::{DEFAULT_RELEASE, Policy, PolicyConfig};
 use crate::reason::EndReason;
 
 pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -29,7 +29,6 @@ pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_SOFT: f64 = 0.85;
 const DEFAULT_HARD: f64 = 0.95;
 const DEFAULT_HOLD: u32 = 3;
-const DEFAULT_RELEASE: u32 = 1;
 const DEFAULT_INTERVAL_MS: u32 = 1000;
 const MIN_INTERVAL_MS: u32 = 10;
 const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 30_000;
@@ -407,12 +406,19 @@ impl CpuGuard {
     }
 
     fn post_load(&self, sample: &LoadSample, cpu: f64) {
-        let s = gst::Structure::builder("cpuguard-load")
+        let mut s = gst::Structure::builder("cpuguard-load")
             .field("load", sample.load)
             .field("source", sample.source.as_str())
             .field("capacity", sample.capacity)
-            .field("cpu", cpu)
-            .build();
+            .field("cpu", cpu);
+        // Only where a CFS quota binds and its group was read twice.
+        if let Some(throttling) = sample.throttling {
+            s = s
+                .field("throttled-ratio", throttling.ratio)
+                .field("throttled-seconds", throttling.seconds)
+                .field("throttled-periods", throttling.periods);
+        }
+        let s = s.build();
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
@@ -653,7 +659,8 @@ impl ObjectImpl for CpuGuard {
                     .nick("Release")
                     .blurb(
                         "Consecutive samples (1-100000) below soft-threshold before the above-soft \
-                         count resets (hysteresis: 1 = any low sample resets; LiveKit Egress uses 5)",
+                         count resets (hysteresis: 1 = any low sample resets, 2 = one low sample \
+                         among high ones does not; LiveKit Egress uses 5)",
                     )
                     .minimum(1)
                     .maximum(100_000)
@@ -739,7 +746,9 @@ impl ObjectImpl for CpuGuard {
                         "CPUs this workload was promised (a Kubernetes CPU request; 0 = unset): \
                          the capacity load is measured against when there is no CPU quota \
                          (a quota always wins); with it, load-source auto follows the cgroup \
-                         instead of the whole host",
+                         instead of the whole host. Unset, a cgroup under kubepods gives its \
+                         request through cpu.shares (v1) or cpu.weight (v2), re-read at every \
+                         sample; this overrides it",
                     )
                     .minimum(0.0)
                     .maximum(f64::from(u32::MAX))
@@ -926,7 +935,10 @@ impl ElementImpl for CpuGuard {
                  Element messages: \
                  cpuguard-load at every sample (load: double, share of capacity; source: string; \
                  capacity: double, CPUs; cpu: double, CPUs used by this element's streaming \
-                 threads); \
+                 threads; and, where a CFS quota binds, throttled-ratio: double, share of the \
+                 window's CFS periods in which the quota's group was throttled, \
+                 throttled-seconds: double, time it spent throttled in the window, \
+                 throttled-periods: guint64, CFS periods in the window); \
                  cpuguard-drain when a drain starts (reason: string, cpu-limit, stop-requested or \
                  the application's own; description: string, e.g. \"CPU limit reached\"; load, \
                  threshold: double; trigger: string, soft, hard or request; source: string; cpu: \

@@ -9,6 +9,8 @@ use super::LoadError;
 use super::cgroup::{QuotaChain, QuotaLimit};
 use super::paths::{HostFile, HostPaths};
 use super::request::CpuRequest;
+use super::share::ShareFile;
+use super::throttle::ThrottleCounts;
 
 /// The files that bound capacity.
 pub(crate) struct Limits {
@@ -23,6 +25,9 @@ pub(crate) struct Limits {
     /// request at or below the limit, and the quota is what the kernel
     /// enforces, so a quota always wins, even over a smaller request.
     request: Option<CpuRequest>,
+    /// Where Kubernetes wrote the request (`cpu.shares`, `cpu.weight`):
+    /// stands in for the quota when neither a quota nor `request` does.
+    shares: Option<ShareFile>,
 }
 
 /// Capacity as of the last read, with its parts for logs.
@@ -34,6 +39,10 @@ pub(crate) struct Capacity {
     pub online: u32,
     /// The CPU request, when it set the capacity (no quota).
     pub request: Option<CpuRequest>,
+    /// Whether `request` came from the cgroup's shares or weight.
+    pub request_from_cgroup: bool,
+    /// Throttling counters of the group whose quota binds (`quota.level`).
+    pub throttle: Option<ThrottleCounts>,
 }
 
 impl Limits {
@@ -45,6 +54,7 @@ impl Limits {
             online: HostFile::new(paths, paths.root.join("sys/devices/system/cpu/online")),
             proc_stat: HostFile::new(paths, paths.proc_file("stat")),
             request: None,
+            shares: None,
         }
     }
 
@@ -62,10 +72,23 @@ impl Limits {
         Self { request, ..self }
     }
 
+    /// Capacity from the request in `shares` when no quota and no explicit
+    /// request applies; re-read at every sample to follow a resize.
+    pub fn with_shares(self, shares: Option<ShareFile>) -> Self {
+        Self { shares, ..self }
+    }
+
     pub fn read(&self, buf: &mut String) -> Result<Capacity, LoadError> {
-        let quota = match &self.quota {
-            Some(chain) => chain.read(buf)?,
-            None => None,
+        let (quota, throttle) = match &self.quota {
+            Some(chain) => {
+                let quota = chain.read(buf)?;
+                let throttle = match quota.and_then(|q| chain.throttle_file(&q)) {
+                    Some(file) => file.read(buf)?,
+                    None => None,
+                };
+                (quota, throttle)
+            }
+            None => (None, None),
         };
         let affinity = match &self.status {
             Some(status) => {
@@ -85,12 +108,17 @@ impl Limits {
         if let Some(affinity) = affinity {
             cpus = cpus.min(f64::from(affinity));
         }
-        let request = match quota {
-            Some(quota) => {
+        let (request, request_from_cgroup) = match (quota, self.request, &self.shares) {
+            (Some(quota), _, _) => {
                 cpus = cpus.min(quota.cpus);
-                None
+                (None, false)
             }
-            None => self.request,
+            (None, Some(request), _) => (Some(request), false),
+            (None, None, Some(shares)) => {
+                let request = shares.read(buf)?;
+                (request, request.is_some())
+            }
+            (None, None, None) => (None, false),
         };
         if let Some(request) = request {
             cpus = cpus.min(request.cpus());
@@ -101,6 +129,8 @@ impl Limits {
             affinity,
             online,
             request,
+            request_from_cgroup,
+            throttle,
         })
     }
 
@@ -121,7 +151,11 @@ impl Limits {
             (None, _) => {}
         }
         if let Some(request) = capacity.request {
-            let _ = write!(out, "CPU request {:.3}, ", request.cpus());
+            let _ = write!(out, "CPU request {:.3}", request.cpus());
+            if let (true, Some(shares)) = (capacity.request_from_cgroup, &self.shares) {
+                let _ = write!(out, " from {}", shares.path.display());
+            }
+            out.push_str(", ");
         } else if let (Some(request), Some(_)) = (self.request, capacity.quota) {
             let _ = write!(
                 out,

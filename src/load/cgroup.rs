@@ -10,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use super::LoadError;
 use super::mountinfo::{self, CgroupFs, CgroupMount, Membership};
 use super::paths::{HostPaths, read_if_present, read_into, read_string};
+use super::share::{ShareFile, set_by_kubernetes};
+use super::throttle::ThrottleFile;
 
 /// What `/proc/<pid>/cgroup` and `/proc/<pid>/mountinfo` say about a pid.
 pub(crate) struct Cgroups {
@@ -168,6 +170,8 @@ pub(crate) struct CpuCgroup {
     /// `Err(why)` on v1 hosts without a mounted `cpuacct`: the quota is still
     /// usable for capacity, but there is nothing to measure usage with.
     pub usage: Result<UsageFile, LoadError>,
+    /// The CPU request Kubernetes wrote, when it manages this cgroup.
+    pub shares: Option<ShareFile>,
 }
 
 impl CpuCgroup {
@@ -199,6 +203,8 @@ impl CpuCgroup {
                 note: "",
                 quota: QuotaChain { levels },
                 usage,
+                shares: set_by_kubernetes(&located.cgroup)
+                    .then(|| ShareFile::new(&located.dir, CgroupVersion::V1)),
                 located,
             });
         }
@@ -228,6 +234,8 @@ impl CpuCgroup {
                     path: located.dir.join("cpu.stat"),
                     unit: UsageUnit::V2Micros,
                 }),
+                shares: set_by_kubernetes(&located.cgroup)
+                    .then(|| ShareFile::new(&located.dir, CgroupVersion::V2)),
                 located,
             });
         }
@@ -294,7 +302,7 @@ impl QuotaFiles {
                 read_into(period, buf)?;
                 let period_us =
                     parse_cfs_period(buf).map_err(|d| LoadError::malformed(period, d))?;
-                Ok(Level::Cpus(quota_us as f64 / period_us as f64))
+                Ok(Level::Cpus(quota_us as f64 / period_us as f64, period_us))
             }
         }
     }
@@ -307,14 +315,18 @@ pub(super) enum Level {
     Absent,
     /// `max` or `-1`.
     Unlimited,
-    Cpus(f64),
+    /// CPUs, and the CFS period in µs.
+    Cpus(f64, u64),
 }
 
 /// A quota and where it was found.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct QuotaLimit {
     pub cpus: f64,
-    level: usize,
+    /// Index in the chain, leaf first.
+    pub level: usize,
+    /// The CFS period the quota is handed out per, in µs.
+    pub period_us: u64,
 }
 
 /// The quota files from the leaf cgroup up to the mount root.
@@ -338,9 +350,13 @@ impl QuotaChain {
                     ));
                 }
                 Level::Absent | Level::Unlimited => {}
-                Level::Cpus(cpus) => {
+                Level::Cpus(cpus, period_us) => {
                     if tightest.is_none_or(|t| cpus < t.cpus) {
-                        tightest = Some(QuotaLimit { cpus, level });
+                        tightest = Some(QuotaLimit {
+                            cpus,
+                            level,
+                            period_us,
+                        });
                     }
                 }
             }
@@ -351,6 +367,17 @@ impl QuotaChain {
     /// The file that set `limit`, for logs.
     pub fn file(&self, limit: &QuotaLimit) -> Option<&Path> {
         self.levels.get(limit.level).map(QuotaFiles::name)
+    }
+
+    /// The `cpu.stat` of the level that set `limit`: the group the kernel
+    /// throttles when the quota is spent.
+    pub fn throttle_file(&self, limit: &QuotaLimit) -> Option<ThrottleFile> {
+        let files = self.levels.get(limit.level)?;
+        let version = match files {
+            QuotaFiles::V1 { .. } => CgroupVersion::V1,
+            QuotaFiles::V2 { .. } => CgroupVersion::V2,
+        };
+        Some(ThrottleFile::new(files.dir()?, version))
     }
 }
 
@@ -409,7 +436,7 @@ pub(super) fn parse_cpu_max(text: &str) -> Result<Level, String> {
         "period",
         CFS_PERIOD_US,
     )?;
-    Ok(Level::Cpus(quota as f64 / period as f64))
+    Ok(Level::Cpus(quota as f64 / period as f64, period))
 }
 
 /// `cpu.cfs_quota_us`: microseconds, or -1 for no quota.
@@ -456,7 +483,10 @@ mod tests {
 
     #[test]
     fn cpu_max_parses_quota_and_max() {
-        assert_eq!(parse_cpu_max("150000 100000\n"), Ok(Level::Cpus(1.5)));
+        assert_eq!(
+            parse_cpu_max("150000 100000\n"),
+            Ok(Level::Cpus(1.5, 100_000))
+        );
         assert_eq!(parse_cpu_max("max 100000\n"), Ok(Level::Unlimited));
         assert_eq!(parse_cpu_max("max\n"), Ok(Level::Unlimited));
         assert!(parse_cpu_max("").is_err());

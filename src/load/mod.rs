@@ -18,6 +18,8 @@ mod proc_stat;
 mod process;
 mod psi;
 mod request;
+mod share;
+mod throttle;
 
 #[cfg(test)]
 mod proptests;
@@ -39,6 +41,8 @@ pub use process::{
     own_process_cpu_time, own_thread_cpu_time, process_cpu_seconds, smooth_cpu, thread_cpu_seconds,
 };
 pub use request::{CpuRequest, CpuRequestError};
+pub use share::{WEIGHT_MAPPING, WeightMapping};
+pub use throttle::{SATURATED_MIN_USED, SATURATED_THROTTLED_SHARE, Throttling};
 
 /// Which counter a [`LoadMeter`] follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -98,12 +102,20 @@ impl FromStr for LoadSourceKind {
 /// One measurement.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoadSample {
-    /// Share of `capacity` used over the window; 1.0 (or a bit more) is saturation.
+    /// Share of `capacity` used over the window; 1.0 (or a bit more) is
+    /// saturation. For `psi`, the share of the window in which some task
+    /// waited for a CPU instead: 1.0 is waiting all the time, which a
+    /// saturated quota need not reach.
     pub load: f64,
     /// CPUs available to the process (for `system`: online CPUs).
     pub capacity: f64,
     /// The resolved source, never `Auto`.
     pub source: LoadSourceKind,
+    /// CFS throttling over the window of the group whose quota binds;
+    /// `None` without a quota or a second read of the same group. For
+    /// `cgroup`, a saturated window already raised `load` to at least 1.0
+    /// (see [`Throttling::apply`]).
+    pub throttling: Option<Throttling>,
 }
 
 /// Follows one load counter between samples.
@@ -223,10 +235,17 @@ impl LoadMeter {
             LoadSourceKind::Cgroup => {
                 let cpu_cgroup = cpu_cgroup?;
                 let what = cpu_cgroup.describe();
-                let CpuCgroup { quota, usage, .. } = cpu_cgroup;
+                let CpuCgroup {
+                    quota,
+                    usage,
+                    shares,
+                    ..
+                } = cpu_cgroup;
                 let usage = usage?;
                 let what = format!("usage of {what} from {}", usage.path.display());
-                let limits = Limits::process(paths, pid, Some(quota)).with_request(request);
+                let limits = Limits::process(paths, pid, Some(quota))
+                    .with_request(request)
+                    .with_shares(shares);
                 let counter = Counter::Cgroup(usage);
                 return Self::start(
                     origin,
@@ -267,14 +286,16 @@ impl LoadMeter {
             }
         };
         // Process and psi: capacity still honours the cgroup quota when known.
-        let (quota, what) = match cpu_cgroup {
+        let (quota, shares, what) = match cpu_cgroup {
             Ok(cpu_cgroup) => {
                 let what = format!("{what}; quota chain of {}", cpu_cgroup.describe());
-                (Some(cpu_cgroup.quota), what)
+                (Some(cpu_cgroup.quota), cpu_cgroup.shares, what)
             }
-            Err(err) => (None, format!("{what}; no cgroup quota known ({err})")),
+            Err(err) => (None, None, format!("{what}; no cgroup quota known ({err})")),
         };
-        let limits = Limits::process(paths, pid, quota).with_request(request);
+        let limits = Limits::process(paths, pid, quota)
+            .with_request(request)
+            .with_shares(shares);
         Self::start(
             origin,
             cgroup_dirs,
@@ -315,7 +336,13 @@ impl LoadMeter {
             source,
             counter,
             limits,
-            baseline: Some(Baseline { at: now, counts }),
+            baseline: Some(Baseline {
+                at: now,
+                counts,
+                throttle: capacity
+                    .throttle
+                    .map(|t| (capacity.quota.map(|q| q.level), t)),
+            }),
             capacity,
             description,
             buf,
@@ -409,7 +436,11 @@ impl LoadMeter {
                 return Err(err);
             }
         };
-        let fresh = Baseline { at: now, counts };
+        let mut fresh = Baseline {
+            at: now,
+            counts,
+            throttle: None,
+        };
         let Some(base) = self.baseline else {
             self.baseline = Some(fresh);
             return Err(LoadError::Rebaselined {
@@ -443,15 +474,35 @@ impl LoadMeter {
             }
         };
         self.capacity = capacity;
-        let load = self
+        fresh.throttle = capacity
+            .throttle
+            .map(|t| (capacity.quota.map(|q| q.level), t));
+        // Only a window over one and the same group means anything: after a
+        // resize moved the binding quota to another level, wait a sample.
+        let throttling = match (base.throttle, fresh.throttle, capacity.quota) {
+            (Some((old_level, old)), Some((new_level, new)), Some(quota))
+                if old_level == new_level =>
+            {
+                throttle::window(old, new, wall, Duration::from_micros(quota.period_us))
+            }
+            _ => None,
+        };
+        let usage_load = self
             .counter
             .load(delta, wall, capacity.cpus)
             .ok_or_else(|| self.no_time_elapsed())?;
+        // One rule for element and supervisor: a cgroup whose every period
+        // was throttled used its whole quota (see `throttle`).
+        let load = match (&self.counter, throttling) {
+            (Counter::Cgroup(_), Some(throttling)) => throttling.apply(usage_load),
+            _ => usage_load,
+        };
         self.baseline = Some(fresh);
         Ok(LoadSample {
             load,
             capacity: capacity.cpus,
             source: self.source,
+            throttling,
         })
     }
 
@@ -485,6 +536,11 @@ fn choose_auto(
         }
     };
     let what = cpu_cgroup.describe();
+    let request = match (request, &cpu_cgroup.shares) {
+        (Some(request), _) => Some(request),
+        (None, Some(shares)) => shares.read(buf)?,
+        (None, None) => None,
+    };
     Ok(
         match (cpu_cgroup.quota.read(buf)?, &cpu_cgroup.usage, request) {
             (None, Ok(_), Some(request)) => (
@@ -538,6 +594,8 @@ struct Counts {
 struct Baseline {
     at: Instant,
     counts: Counts,
+    /// Throttling counters and the quota level they were read at.
+    throttle: Option<(Option<usize>, throttle::ThrottleCounts)>,
 }
 
 enum Counter {

@@ -15,12 +15,14 @@ use proptest::prelude::*;
 
 use super::capacity::{count_cpu_list, count_stat_cpus, parse_affinity};
 use super::cgroup::{
-    Level, parse_cfs_period, parse_cfs_quota, parse_cpu_max, parse_u64, parse_usage_usec,
+    CgroupVersion, Level, parse_cfs_period, parse_cfs_quota, parse_cpu_max, parse_u64,
+    parse_usage_usec,
 };
 use super::mountinfo::{parse_cgroup_mounts, parse_proc_cgroup};
 use super::proc_stat::parse_cpu_times;
 use super::process::parse_cpu_ticks;
 use super::psi::parse_some_total;
+use super::throttle::parse_cpu_stat;
 use super::{HostPaths, LoadMeter, LoadSourceKind};
 
 const PID: i32 = 4242;
@@ -120,7 +122,7 @@ const PARSERS: &[Parser] = &[
         valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.max"),
         check: |t| {
             parse_cpu_max(t).map(|level| {
-                if let Level::Cpus(cpus) = level {
+                if let Level::Cpus(cpus, _) = level {
                     assert_quota_cpus(cpus);
                 }
             })
@@ -134,7 +136,14 @@ const PARSERS: &[Parser] = &[
     Parser {
         name: "cpu-stat",
         valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.stat"),
-        check: |t| parse_usage_usec(t).map(drop),
+        check: |t| {
+            // The throttling lines of the same file, in either version's
+            // naming: any text, any outcome, but never a panic.
+            for version in [CgroupVersion::V1, CgroupVersion::V2] {
+                let _ = parse_cpu_stat(t, version);
+            }
+            parse_usage_usec(t).map(drop)
+        },
         target: (
             "v2",
             "sys/fs/cgroup/system.slice/app.service/cpu.stat",

@@ -49,6 +49,14 @@ impl Host {
         LoadMeter::new_at(kind, &self.paths, PID, t0)
             .unwrap_or_else(|err| panic!("{kind} meter: {err}"))
     }
+
+    /// Why a `kind` meter does not start on this host.
+    fn start_error(&self, kind: LoadSourceKind) -> String {
+        LoadMeter::new_at(kind, &self.paths, PID, Instant::now())
+            .map(|m| m.describe())
+            .expect_err("meter should not start")
+            .to_string()
+    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -389,9 +397,7 @@ fn auto_measures_the_process_when_quota_has_no_usage_counter() {
     let describe = meter.describe();
     assert!(describe.contains("no cpuacct hierarchy"), "{describe}");
 
-    let err = LoadMeter::new_at(LoadSourceKind::Cgroup, &host.paths, PID, Instant::now())
-        .unwrap_err()
-        .to_string();
+    let err = host.start_error(LoadSourceKind::Cgroup);
     assert!(err.contains("no cpuacct hierarchy mounted"), "{err}");
 }
 
@@ -903,4 +909,237 @@ fn own_process_reads_its_cpu_clock_over_short_windows() {
         sample.load > 0.0 && sample.load <= most,
         "{sample:?}, used {used:?} in {wall:?}"
     );
+}
+
+// ---------------------------------------------------------------- throttling
+
+const V1_CPU_STAT: &str = "sys/fs/cgroup/cpu/job/cpu.stat";
+
+fn v1_cpu_stat(periods: u64, throttled: u64, ns: u64) -> String {
+    format!("nr_periods {periods}\nnr_throttled {throttled}\nthrottled_time {ns}\n")
+}
+
+#[test]
+fn v1_throttled_every_period_reads_saturated_despite_a_short_usage_window() {
+    let host = Host::copy("v1-split");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    // 0.5 CPU quota, 250 ms window holding 3 periods, all throttled, but
+    // the usage counter caught only two periods' worth: 0.1 s of 0.125.
+    host.write(V1_USAGE, &(2_000_000_000u64 + 100_000_000).to_string());
+    host.write(V1_CPU_STAT, &v1_cpu_stat(3, 3, 150_000_000));
+    let sample = meter.sample(t0 + Duration::from_millis(250)).unwrap();
+    let throttling = sample.throttling.expect("throttling of the quota group");
+    assert_eq!(throttling.ratio, 1.0);
+    assert_eq!(throttling.periods, 3);
+    assert_close(throttling.seconds, 0.15);
+    assert_close(sample.load, 1.0);
+
+    // Half the periods throttled (a steady load overrunning now and then):
+    // usage stands.
+    host.write(V1_USAGE, &(2_100_000_000u64 + 75_000_000).to_string());
+    host.write(V1_CPU_STAT, &v1_cpu_stat(5, 4, 160_000_000));
+    let sample = meter.sample(t0 + Duration::from_millis(500)).unwrap();
+    assert_eq!(sample.throttling.unwrap().ratio, 0.5);
+    assert_close(sample.load, 0.6);
+
+    // A burst: throttled in each of the 3 periods it ran, idle the other 7
+    // of a 1 s window. Every period it ran was throttled, yet the window
+    // was not saturated.
+    host.write(V1_USAGE, &(2_175_000_000u64 + 200_000_000).to_string());
+    host.write(V1_CPU_STAT, &v1_cpu_stat(8, 7, 300_000_000));
+    let sample = meter.sample(t0 + Duration::from_millis(1500)).unwrap();
+    let throttling = sample.throttling.unwrap();
+    assert_eq!((throttling.ratio, throttling.window_periods), (1.0, 10));
+    assert_close(sample.load, 0.4);
+}
+
+#[test]
+fn v2_throttling_comes_from_the_group_whose_quota_binds() {
+    // nested-quota: ctr 1.5, pod1 0.5: pod1 binds, and its cpu.stat counts.
+    let host = Host::copy("nested-quota");
+    let pod = "sys/fs/cgroup/kubepods/burstable/pod1/cpu.stat";
+    host.write(
+        pod,
+        "usage_usec 0\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n",
+    );
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    host.write(
+        pod,
+        "usage_usec 0\nnr_periods 10\nnr_throttled 10\nthrottled_usec 400000\n",
+    );
+    // The container used 0.45 of the pod's 0.5 CPU: 0.9 by usage alone.
+    host.write(&format!("{POD_CTR}/cpu.stat"), &usage_usec(10_450_000));
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    let throttling = sample.throttling.expect("pod1's counters");
+    assert_eq!(throttling.ratio, 1.0);
+    assert_close(throttling.seconds, 0.4);
+    assert_close(sample.load, 1.0);
+}
+
+#[test]
+fn throttling_is_reported_but_does_not_raise_process_or_psi_loads() {
+    let host = Host::copy("v1-split");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Psi, t0);
+    host.write(V1_CPU_STAT, &v1_cpu_stat(10, 10, 1_000_000));
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_eq!(sample.throttling.unwrap().ratio, 1.0);
+    assert!(sample.load < 1.0, "psi load {}", sample.load);
+}
+
+#[test]
+fn no_quota_no_throttling() {
+    let host = Host::copy("v2");
+    host.write(V2_MAX, "max 100000\n");
+    host.write("sys/fs/cgroup/system.slice/cpu.max", "max 100000\n");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Cgroup, t0);
+    host.write(V2_USAGE, &usage_usec(5_500_000));
+    assert_eq!(meter.sample(t0 + secs(1)).unwrap().throttling, None);
+}
+
+// ------------------------------------------ request from cpu.shares / cpu.weight
+
+const POD_CTR: &str = "sys/fs/cgroup/kubepods/burstable/pod1/ctr";
+
+/// nested-quota without any quota: a Burstable pod with a request only.
+fn kubepods_v2_without_quota() -> Host {
+    let host = Host::copy("nested-quota");
+    for dir in [
+        POD_CTR,
+        "sys/fs/cgroup/kubepods/burstable/pod1",
+        "sys/fs/cgroup/kubepods/burstable",
+        "sys/fs/cgroup/kubepods",
+    ] {
+        host.write(&format!("{dir}/cpu.max"), "max 100000\n");
+    }
+    host
+}
+
+#[test]
+fn v2_weight_under_kubepods_is_the_request_and_follows_a_resize() {
+    let host = kubepods_v2_without_quota();
+    // 500m: shares 512, which runc >= 1.3.2 writes as weight 59.
+    host.write(&format!("{POD_CTR}/cpu.weight"), "59\n");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Auto, t0);
+    assert_eq!(
+        meter.source(),
+        LoadSourceKind::Cgroup,
+        "{}",
+        meter.describe()
+    );
+    // Weight 59 stands for a few share values from 512 up: the largest is read.
+    let want = share::WEIGHT_MAPPING.shares(59) as f64 / 1024.0;
+    assert!((0.5..0.51).contains(&want), "{want}");
+    assert_close(meter.capacity(), want);
+    let describe = meter.describe();
+    assert!(describe.contains("ctr/cpu.weight"), "{describe}");
+
+    // In-place resize to 2 CPUs (2048 shares: weight 174).
+    host.write(&format!("{POD_CTR}/cpu.weight"), "174\n");
+    host.write(
+        &format!("{POD_CTR}/cpu.stat"),
+        &usage_usec(fixture_usage(&host) + 1_000_000),
+    );
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    let want = share::WEIGHT_MAPPING.shares(174) as f64 / 1024.0;
+    assert!((2.0..2.02).contains(&want), "{want}");
+    assert_close(sample.capacity, want);
+    assert_close(sample.load, 1.0 / want);
+}
+
+fn fixture_usage(host: &Host) -> u64 {
+    let text = fs::read_to_string(host.path(&format!("{POD_CTR}/cpu.stat"))).unwrap();
+    cgroup::parse_usage_usec(&text).unwrap()
+}
+
+#[test]
+fn an_explicit_request_overrides_the_weight_and_a_quota_overrides_both() {
+    let host = kubepods_v2_without_quota();
+    host.write(&format!("{POD_CTR}/cpu.weight"), "59\n");
+    let t0 = Instant::now();
+    let meter = LoadMeter::with_request_at(
+        LoadSourceKind::Cgroup,
+        &host.paths,
+        PID,
+        request("1500m"),
+        t0,
+    )
+    .unwrap();
+    assert_close(meter.capacity(), 1.5);
+    host.write(&format!("{POD_CTR}/cpu.max"), "25000 100000\n");
+    let meter = host.meter(LoadSourceKind::Cgroup, t0);
+    assert_close(meter.capacity(), 0.25);
+}
+
+#[test]
+fn weight_outside_kubepods_or_besteffort_is_not_a_request() {
+    // The v2 fixture's /system.slice/app.service with a desktop's default weight.
+    let host = Host::copy("v2");
+    host.write(V2_MAX, "max 100000\n");
+    host.write("sys/fs/cgroup/system.slice/cpu.max", "max 100000\n");
+    host.write("sys/fs/cgroup/system.slice/app.service/cpu.weight", "100\n");
+    let meter = host.meter(LoadSourceKind::Auto, Instant::now());
+    assert_eq!(
+        meter.source(),
+        LoadSourceKind::System,
+        "{}",
+        meter.describe()
+    );
+    let meter = host.meter(LoadSourceKind::Cgroup, Instant::now());
+    // Affinity 4 of online 8, as without the weight.
+    assert_eq!(meter.capacity(), 4.0, "{}", meter.describe());
+
+    // A Burstable pod whose container has the minimum weight: no request.
+    let host = kubepods_v2_without_quota();
+    host.write(&format!("{POD_CTR}/cpu.weight"), "1\n");
+    let meter = host.meter(LoadSourceKind::Cgroup, Instant::now());
+    assert_eq!(meter.capacity(), 4.0, "{}", meter.describe());
+}
+
+#[test]
+fn malformed_weight_is_an_error_naming_the_file() {
+    let host = kubepods_v2_without_quota();
+    host.write(&format!("{POD_CTR}/cpu.weight"), "lots\n");
+    let err = host.start_error(LoadSourceKind::Cgroup);
+    assert!(err.contains("ctr/cpu.weight"), "{err}");
+}
+
+#[test]
+fn v1_shares_under_kubepods_are_the_request() {
+    let host = Host::copy("v1-split");
+    let pod = "kubepods/burstable/pod1/ctr";
+    host.write(
+        "proc/4242/cgroup",
+        &format!("4:cpu:/{pod}\n3:cpuacct:/{pod}\n1:name=systemd:/init.scope\n"),
+    );
+    host.write(&format!("sys/fs/cgroup/cpu/{pod}/cpu.cfs_quota_us"), "-1\n");
+    host.write(
+        &format!("sys/fs/cgroup/cpu/{pod}/cpu.cfs_period_us"),
+        "100000\n",
+    );
+    host.write("sys/fs/cgroup/cpu/cpu.cfs_quota_us", "-1\n");
+    // 250m: 256 shares.
+    host.write(&format!("sys/fs/cgroup/cpu/{pod}/cpu.shares"), "256\n");
+    host.write(&format!("sys/fs/cgroup/cpuacct/{pod}/cpuacct.usage"), "0\n");
+    let t0 = Instant::now();
+    let mut meter = host.meter(LoadSourceKind::Auto, t0);
+    assert_eq!(
+        meter.source(),
+        LoadSourceKind::Cgroup,
+        "{}",
+        meter.describe()
+    );
+    assert_close(meter.capacity(), 0.25);
+    host.write(&format!("sys/fs/cgroup/cpu/{pod}/cpu.shares"), "1024\n");
+    host.write(
+        &format!("sys/fs/cgroup/cpuacct/{pod}/cpuacct.usage"),
+        "500000000\n",
+    );
+    let sample = meter.sample(t0 + secs(1)).unwrap();
+    assert_close(sample.capacity, 1.0);
+    assert_close(sample.load, 0.5);
 }

@@ -9,11 +9,41 @@ pub struct V1Cgroup {
     pub cpuacct: Option<PathBuf>,
 }
 
-const PERIOD_US: u64 = 100_000;
+/// The CFS period of the groups made here, in µs.
+pub const PERIOD_US: u64 = 100_000;
 
 impl V1Cgroup {
     /// A group limited to `cpus` CPUs, or why there can be none here.
     pub fn with_quota(name: &str, cpus: f64) -> Result<V1Cgroup, String> {
+        Self::with_quota_period(name, cpus, PERIOD_US)
+    }
+
+    /// A group without a quota whose `cpu.shares` is `shares`, as
+    /// Kubernetes sets them for a CPU request (name it `kubepods…`).
+    pub fn with_shares(name: &str, shares: u64) -> Result<V1Cgroup, String> {
+        let group = Self::create(name)?;
+        group.set_shares(shares)?;
+        Ok(group)
+    }
+
+    /// An in-place resize, as the kubelet does it on v1.
+    pub fn set_shares(&self, shares: u64) -> Result<(), String> {
+        std::fs::write(self.cpu.join("cpu.shares"), shares.to_string())
+            .map_err(|e| format!("cpu.shares: {e}"))
+    }
+
+    /// A group limited to `cpus` CPUs per CFS period of `period_us`.
+    pub fn with_quota_period(name: &str, cpus: f64, period_us: u64) -> Result<V1Cgroup, String> {
+        let group = Self::create(name)?;
+        let quota = (cpus * period_us as f64).round() as u64;
+        std::fs::write(group.cpu.join("cpu.cfs_period_us"), period_us.to_string())
+            .map_err(|e| format!("cpu.cfs_period_us: {e}"))?;
+        std::fs::write(group.cpu.join("cpu.cfs_quota_us"), quota.to_string())
+            .map_err(|e| format!("cpu.cfs_quota_us: {e}"))?;
+        Ok(group)
+    }
+
+    fn create(name: &str) -> Result<V1Cgroup, String> {
         let cpu = Path::new("/sys/fs/cgroup/cpu").join(name);
         std::fs::create_dir(&cpu).map_err(|e| {
             format!(
@@ -24,13 +54,43 @@ impl V1Cgroup {
         let acct = Path::new("/sys/fs/cgroup/cpuacct").join(name);
         // A joint cpu,cpuacct mount has no separate cpuacct directory to make.
         let cpuacct = (!acct.exists() && std::fs::create_dir(&acct).is_ok()).then_some(acct);
-        let group = V1Cgroup { cpu, cpuacct };
-        let quota = (cpus * PERIOD_US as f64).round() as u64;
-        std::fs::write(group.cpu.join("cpu.cfs_period_us"), PERIOD_US.to_string())
-            .map_err(|e| format!("cpu.cfs_period_us: {e}"))?;
-        std::fs::write(group.cpu.join("cpu.cfs_quota_us"), quota.to_string())
-            .map_err(|e| format!("cpu.cfs_quota_us: {e}"))?;
-        Ok(group)
+        Ok(V1Cgroup { cpu, cpuacct })
+    }
+
+    /// Makes `command`'s process write itself into the group's
+    /// `cgroup.procs` files between fork and exec, so it is a member by the
+    /// time `spawn` returns (no waiting for it to move).
+    pub fn join_before_exec(&self, command: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let procs: Vec<std::ffi::CString> = std::iter::once(&self.cpu)
+            .chain(self.cpuacct.as_ref())
+            .map(|dir| {
+                let path = dir
+                    .join("cgroup.procs")
+                    .into_os_string()
+                    .into_encoded_bytes();
+                std::ffi::CString::new(path).expect("a cgroup path has no NUL")
+            })
+            .collect();
+        // SAFETY: only async-signal-safe calls (open, write, close) on
+        // memory prepared before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                for path in &procs {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0": the writing process itself.
+                    let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                    if written != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
     }
 
     /// A shell prefix that moves the shell (and what it execs) into the group.

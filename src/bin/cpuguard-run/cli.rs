@@ -108,7 +108,9 @@ pub struct Cli {
     /// CPUs this run was promised, as a Kubernetes CPU quantity ("500m",
     /// "0.5", "2"): the capacity load is measured against when there is no
     /// CPU quota (a quota always wins); with it, load-source auto follows the
-    /// cgroup instead of the whole host. Sets the elements' cpu-request
+    /// cgroup instead of the whole host. Overrides the request a cgroup under
+    /// kubepods gives through cpu.shares or cpu.weight, which is followed
+    /// (re-read at every sample) when this is unset. Sets the elements' cpu-request
     #[arg(
         long,
         value_name = "CPUS",

@@ -68,6 +68,8 @@ pub struct Metrics {
     escalations: Counter,
     results: Family<ResultLabels, Counter>,
     signals: Family<SignalLabel, Counter>,
+    throttled_ratio: F64Gauge,
+    throttled_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -89,6 +91,8 @@ impl Metrics {
             escalations: Counter::default(),
             results: Family::default(),
             signals: Family::default(),
+            throttled_ratio: F64Gauge::default(),
+            throttled_seconds: Counter::default(),
         };
         let m = &metrics;
         let r = &mut registry;
@@ -142,6 +146,17 @@ impl Metrics {
             m.results.clone(),
         );
         r.register("signals", "Signals received, by name", m.signals.clone());
+        r.register(
+            "throttled_periods_ratio",
+            "Last sample: share of its CFS periods in which the group whose quota binds was \
+             throttled (0.9 or more reads as saturated)",
+            m.throttled_ratio.clone(),
+        );
+        r.register(
+            "throttled_seconds",
+            "Time the group whose quota binds spent throttled, summed over CPUs, since the run began",
+            m.throttled_seconds.clone(),
+        );
         metrics.up.set(1);
         metrics.soft.set(soft);
         metrics.hard.set(hard);
@@ -158,6 +173,12 @@ impl Metrics {
         self.load.get_or_create(&label).set(load);
         self.samples.get_or_create(&label).inc();
         self.capacity.set(capacity);
+    }
+
+    /// A sample's throttling (only where a CFS quota binds).
+    pub fn throttling(&self, ratio: f64, seconds: f64) {
+        self.throttled_ratio.set(ratio);
+        self.throttled_seconds.inc_by(seconds);
     }
 
     pub fn sample_error(&self) {

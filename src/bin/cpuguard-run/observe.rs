@@ -63,6 +63,12 @@ impl Observer {
         }
     }
 
+    pub fn throttling(&self, ratio: f64, seconds: f64) {
+        if let Some(m) = &self.metrics {
+            m.throttling(ratio, seconds);
+        }
+    }
+
     pub fn sample_error(&self) {
         if let Some(m) = &self.metrics {
             m.sample_error();

@@ -431,6 +431,15 @@ impl Supervisor {
             self.capacity.unwrap_or(0.0),
             self.load_source.as_deref().unwrap_or("unknown"),
         );
+        if let (Ok(ratio), Ok(seconds)) = (
+            s.get::<f64>("throttled-ratio"),
+            s.get::<f64>("throttled-seconds"),
+        ) && ratio.is_finite()
+            && seconds.is_finite()
+            && seconds >= 0.0
+        {
+            self.observer.throttling(ratio, seconds);
+        }
     }
 
     fn on_guard_drain(&mut self, s: &gst::StructureRef, element: String) {
