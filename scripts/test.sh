@@ -35,7 +35,7 @@ fi
 # Real cgroup v2 in a VM (scripts/vm.sh) and a real container runtime: each
 # takes both cores, so they run alone, one test at a time, after the rest.
 if [ $# -eq 0 ]; then
-  for t in vm; do
+  for t in vm container; do
     echo "== The $t tests, alone (--ignored in the parallel pass)" >&2
     start=$SECONDS
     cargo test --locked --no-fail-fast --test "$t" -- --ignored --test-threads=1 2>&1 | tee -a "$log" || status=1
