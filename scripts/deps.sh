@@ -17,6 +17,9 @@ packages=(
   python3-gi gir1.2-gstreamer-1.0
   stress-ng
   util-linux
+  # The cgroup v2 VM (scripts/vm.sh) and the container runtime tests.
+  qemu-system-x86 qemu-utils linux-image-amd64 busybox-static python3-venv
+  podman runc crun
 )
 
 if [ "${1:-}" = "--list" ]; then
@@ -36,7 +39,12 @@ if ((${#missing[@]})); then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Bookworm's qemu-system-x86 breaks with a newer (backports) qemu-utils that
+  # an image may come with: ask for bookworm's, downgrading if needed.
+  for i in "${!missing[@]}"; do
+    [ "${missing[$i]}" = qemu-system-x86 ] && missing+=(qemu-utils/bookworm)
+  done
+  apt-get install -y -qq --allow-downgrades --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -32,6 +32,17 @@ if [ $# -eq 0 ]; then
     -- --test-threads=2 2>&1 | tee -a "$log" || status=1
 fi
 
+# Real cgroup v2 in a VM (scripts/vm.sh) and a real container runtime: each
+# takes both cores, so they run alone, one test at a time, after the rest.
+if [ $# -eq 0 ]; then
+  for t in vm container; do
+    echo "== The $t tests, alone (--ignored in the parallel pass)" >&2
+    start=$SECONDS
+    cargo test --locked --no-fail-fast --test "$t" -- --ignored --test-threads=1 2>&1 | tee -a "$log" || status=1
+    echo "== The $t tests took $((SECONDS - start)) s" >&2
+  done
+fi
+
 # cargo's own counts, summed over every test binary of both runs.
 count() { grep '^test result:' "$log" | grep -o "[0-9]* $1" | awk '{s+=$1} END {print s+0}'; }
 passed=$(count passed)

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{FakeHost, plugin_dir};
+use common::{FakeHost, plays, plugin_dir};
 use gstcpuguard::hostwide::Entry;
 
 const INTERVAL_MS: u64 = 400;
@@ -226,20 +226,6 @@ fn dump(recorders: &[&Recorder]) -> String {
         .map(|r| r.dump())
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// The brief's playability check: qtdemux reads the file to its end.
-fn plays(path: &Path) -> bool {
-    Command::new("timeout")
-        .arg("60")
-        .arg("gst-launch-1.0")
-        .args(["-q", "filesrc"])
-        .arg(format!("location={}", path.display()))
-        .args(["!", "qtdemux", "!", "h264parse", "!", "fakesink"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// A test-private coordination directory (mode 0700, ours).

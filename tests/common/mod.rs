@@ -348,3 +348,18 @@ pub fn mp4_streams(path: &Path) -> Result<Vec<String>, String> {
         _ => Err(format!("{}: demuxing did not finish", path.display())),
     }
 }
+
+/// The playability check of the briefs: qtdemux reads the MP4 to its end
+/// (bounded: qtdemux on a broken file can hang).
+pub fn plays(path: &Path) -> bool {
+    std::process::Command::new("timeout")
+        .arg("60")
+        .arg("gst-launch-1.0")
+        .args(["-q", "filesrc"])
+        .arg(format!("location={}", path.display()))
+        .args(["!", "qtdemux", "!", "h264parse", "!", "fakesink"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
