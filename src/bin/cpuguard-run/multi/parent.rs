@@ -903,6 +903,9 @@ fn made_report(
             .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
         // A worker serves no metrics: the parent's summary says where it does.
         metrics_url: None,
+        files: Vec::new(),
+        on_end: None,
+        webhooks: None,
     }
 }
 
@@ -933,5 +936,8 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         signals: Vec::new(),
         crash_safe: job.crash_safe.clone(),
         metrics_url: None,
+        files: Vec::new(),
+        on_end: None,
+        webhooks: None,
     }
 }

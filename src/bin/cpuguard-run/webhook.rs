@@ -1,0 +1,332 @@
+//! `--webhook URL`: one JSON POST per state change (ACTIVE, ENDING, then the
+//! final COMPLETE or FAILED with the whole result), signed with HMAC-SHA256
+//! when `--webhook-secret-file` is given.
+//!
+//! A leaf: an event (JSON) goes in, a delivery outcome comes out. Delivery
+//! runs on a thread of its own, so a slow or dead receiver never holds up the
+//! GLib main loop or a drain; events reach each URL in order. Each is retried
+//! with bounded exponential backoff; once the final event is queued, earlier
+//! events get no more retries (the final one carries everything they said)
+//! and every retry ends at the finish deadline. A failed delivery is counted,
+//! never a reason to change the recording's status.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+/// The signature header: `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub const SIGNATURE_HEADER: &str = "X-Cpuguard-Signature";
+/// First retry after this; doubled each time up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Attempts for an event that is not the final one (about 6 s of retries).
+const ATTEMPTS_EARLY: u32 = 6;
+/// One request may take this long at most (connect, send, response).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The final event gets one attempt of this length even when the finish
+/// budget is already spent (a hook used all of it).
+pub const LAST_CHANCE: Duration = Duration::from_secs(2);
+
+/// Deliveries of this run, in the result as `webhooks`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Events (times URLs) the receiver accepted with a 2xx answer.
+    pub delivered: u32,
+    /// Events (times URLs) given up on after their retries.
+    pub failed: u32,
+}
+
+/// What the delivery thread reports after each event and URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Delivered,
+    /// An attempt failed; another follows after the backoff.
+    Retrying,
+    Failed,
+}
+
+/// Checked settings, read before anything runs.
+#[derive(Clone)]
+pub struct Config {
+    urls: Vec<String>,
+    secret: Option<Vec<u8>>,
+}
+
+impl Config {
+    /// `None` without any URL. Every problem names its option.
+    pub fn new(urls: &[String], secret_file: Option<&Path>) -> Result<Option<Self>, String> {
+        if urls.is_empty() {
+            return match secret_file {
+                Some(_) => Err("--webhook-secret-file needs --webhook URL".to_owned()),
+                None => Ok(None),
+            };
+        }
+        for url in urls {
+            check_url(url)?;
+        }
+        let secret = secret_file.map(read_secret).transpose()?;
+        Ok(Some(Config {
+            urls: urls.to_vec(),
+            secret,
+        }))
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        if !cfg!(feature = "tls") {
+            return Err(format!(
+                "--webhook {url}: https needs cpuguard-run built with the `tls` feature \
+                 (cargo build --features tls)"
+            ));
+        }
+        rest
+    } else {
+        return Err(format!("--webhook {url}: not an http:// or https:// URL"));
+    };
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("--webhook {url}: no host"));
+    }
+    Ok(())
+}
+
+/// The shared secret: the file's bytes less one trailing newline. The file
+/// must be ours (or root's) and writable by nobody else, since whoever can
+/// change it can forge events.
+pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let name = |what: String| format!("--webhook-secret-file {}: {what}", path.display());
+    let mut file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|err| name(err.to_string()))?;
+    let meta = file.metadata().map_err(|err| name(err.to_string()))?;
+    if !meta.is_file() {
+        return Err(name("not a regular file".to_owned()));
+    }
+    // SAFETY: geteuid cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(name(format!(
+            "owned by uid {}, not by this user or root",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(name(format!(
+            "writable by group or others (mode {:o}); chmod go-w it",
+            meta.mode() & 0o777
+        )));
+    }
+    let mut secret = Vec::new();
+    (&mut file)
+        .take(64 * 1024 + 1)
+        .read_to_end(&mut secret)
+        .map_err(|err| name(err.to_string()))?;
+    if secret.len() > 64 * 1024 {
+        return Err(name("larger than 64 KiB".to_owned()));
+    }
+    if secret.ends_with(b"\n") {
+        secret.pop();
+        if secret.ends_with(b"\r") {
+            secret.pop();
+        }
+    }
+    if secret.is_empty() {
+        return Err(name("empty".to_owned()));
+    }
+    Ok(secret)
+}
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC accepts any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+struct Event {
+    body: String,
+    /// Its state, for messages.
+    label: String,
+    last: bool,
+}
+
+impl Event {
+    fn of(event: &serde_json::Value, last: bool) -> Self {
+        Event {
+            body: event.to_string(),
+            label: event["state"].as_str().unwrap_or("event").to_owned(),
+            last,
+        }
+    }
+}
+
+/// The finish deadline, once the final event is queued.
+type Deadline = Arc<Mutex<Option<Instant>>>;
+
+/// The delivery thread and its queue.
+pub struct Webhooks {
+    queue: Option<Sender<Event>>,
+    deadline: Deadline,
+    thread: Option<JoinHandle<Tally>>,
+}
+
+impl Webhooks {
+    /// Starts the delivery thread; `told` hears each outcome (metrics, stderr).
+    pub fn start(
+        config: Config,
+        told: impl Fn(Delivery, &str) + Send + 'static,
+    ) -> Result<Self, String> {
+        let (queue, events) = mpsc::channel();
+        let deadline = Deadline::default();
+        let thread = {
+            let deadline = deadline.clone();
+            std::thread::Builder::new()
+                .name("cpuguard-webhook".to_owned())
+                .spawn(move || deliver_all(&config, &events, &deadline, &told))
+                .map_err(|err| format!("cannot start the webhook thread: {err}"))?
+        };
+        Ok(Webhooks {
+            queue: Some(queue),
+            deadline,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a state change; returns at once.
+    pub fn send(&self, event: &serde_json::Value) {
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(Event::of(event, false));
+        }
+    }
+
+    /// Queues the final event and waits until every event was delivered or
+    /// given up on; retries end at `deadline`.
+    pub fn finish(mut self, event: &serde_json::Value, deadline: Instant) -> Tally {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        if let Some(queue) = self.queue.take() {
+            let _ = queue.send(Event::of(event, true));
+        }
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+fn deliver_all(
+    config: &Config,
+    events: &Receiver<Event>,
+    deadline: &Deadline,
+    told: &dyn Fn(Delivery, &str),
+) -> Tally {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(REQUEST_TIMEOUT)
+        .redirects(0)
+        .user_agent(concat!("cpuguard-run/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut tally = Tally::default();
+    // Events queued behind the one being retried tell whether the final one
+    // is among them (then the retries of the earlier ones stop).
+    let mut backlog: std::collections::VecDeque<Event> = Default::default();
+    loop {
+        let event = match backlog.pop_front() {
+            Some(event) => event,
+            None => match events.recv() {
+                Ok(event) => event,
+                Err(_) => return tally,
+            },
+        };
+        let signature = config
+            .secret
+            .as_deref()
+            .map(|secret| signature(secret, event.body.as_bytes()));
+        for url in &config.urls {
+            let mut attempt = 0;
+            let mut wait = BACKOFF_FIRST;
+            let outcome = loop {
+                attempt += 1;
+                let now = Instant::now();
+                let end = *deadline.lock().unwrap_or_else(|p| p.into_inner());
+                let timeout = match end {
+                    Some(end) if end > now => REQUEST_TIMEOUT.min(end - now),
+                    Some(_) if event.last && attempt == 1 => LAST_CHANCE,
+                    Some(_) => break Err("the finish budget is spent".to_owned()),
+                    None => REQUEST_TIMEOUT,
+                };
+                let mut request = agent
+                    .post(url)
+                    .timeout(timeout)
+                    .set("Content-Type", "application/json");
+                if let Some(signature) = &signature {
+                    request = request.set(SIGNATURE_HEADER, signature);
+                }
+                let error = match request.send_string(&event.body) {
+                    Ok(_) => break Ok(()),
+                    Err(ureq::Error::Status(code, _)) => format!("HTTP {code}"),
+                    Err(err) => err.to_string(),
+                };
+                // Move everything already queued into the backlog: is the
+                // final event among it?
+                backlog.extend(events.try_iter());
+                let final_waits = backlog.iter().any(|e| e.last);
+                if !event.last && (attempt >= ATTEMPTS_EARLY || final_waits) {
+                    break Err(error);
+                }
+                let end = *deadline.lock().unwrap_or_else(|p| p.into_inner());
+                if end.is_some_and(|end| Instant::now() + wait >= end) {
+                    break Err(format!("{error}; no time left for a retry"));
+                }
+                told(
+                    Delivery::Retrying,
+                    &format!(
+                        "{} to {url}: attempt {attempt} failed ({error}); retrying in {} ms",
+                        event.label,
+                        wait.as_millis()
+                    ),
+                );
+                // Waits on the queue: a final event queued meanwhile is seen,
+                // and cuts the next retry of an earlier event.
+                let until = Instant::now() + wait;
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    match events.recv_timeout(left) {
+                        Ok(next) => backlog.push_back(next),
+                        Err(RecvTimeoutError::Timeout) => break,
+                        Err(RecvTimeoutError::Disconnected) => {
+                            // Everything is queued: the backoff itself remains.
+                            std::thread::sleep(left);
+                            break;
+                        }
+                    }
+                }
+                wait = (wait * 2).min(BACKOFF_MAX);
+            };
+            match outcome {
+                Ok(()) => {
+                    tally.delivered += 1;
+                    told(Delivery::Delivered, &format!("{} to {url}", event.label));
+                }
+                Err(error) => {
+                    tally.failed += 1;
+                    told(
+                        Delivery::Failed,
+                        &format!("{} to {url}: gave up: {error}", event.label),
+                    );
+                }
+            }
+        }
+    }
+}
