@@ -108,7 +108,9 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
     let name = |what: String| format!("--webhook-secret-file {}: {what}", path.display());
     let mut file = File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        // Symlinks are followed: a Kubernetes Secret volume is one (..data/);
+        // the checks below are on what was opened. O_NONBLOCK: a FIFO never hangs us.
+        .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .map_err(|err| name(err.to_string()))?;
     let meta = file.metadata().map_err(|err| name(err.to_string()))?;
