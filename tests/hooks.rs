@@ -422,3 +422,72 @@ fn webhook_urls_come_from_the_environment_too() {
     assert_eq!(states, ["ACTIVE", "COMPLETE"]);
     assert_eq!(ended.json()["webhooks"]["delivered"], 2);
 }
+
+#[test]
+fn multi_pipeline_workers_notify_and_run_their_hooks_for_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/multi", listener.local_addr().unwrap());
+    let hits = receive(listener);
+    let drain_timeout = 2.0;
+    let pipeline = |name: &str| {
+        format!(
+            "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 \
+             ! x264enc speed-preset=ultrafast tune=zerolatency ! h264parse ! mp4mux \
+             ! filesink location={}",
+            dir.path().join(name).display()
+        )
+    };
+    // Each hook outlasts the drain timeout: the pipeline has ended by then,
+    // so the parent must not escalate (kill) a worker still in its hook.
+    let hook = format!(
+        "printf %s \"$CPUGUARD_FILES\" > {}/files-$CPUGUARD_WORKER; sleep {}",
+        dir.path().display(),
+        drain_timeout + 1.0
+    );
+    let mut run = spawn_command({
+        let mut cmd = command(&[
+            format!("--webhook={url}"),
+            format!("--on-end={hook}"),
+            format!("--drain-timeout={drain_timeout}s"),
+            "--dry-run".to_owned(),
+            "--pipeline".to_owned(),
+            pipeline("a.mp4"),
+            "--pipeline".to_owned(),
+            pipeline("b.mp4"),
+        ]);
+        cmd.env_remove("CPUGUARD_WEBHOOK");
+        cmd
+    });
+    run.wait_workers_active(&[1, 2]);
+    run.signal(Signal::SIGTERM);
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    assert_eq!(ended.code(), Some(0), "{}", ended.stderr);
+    let (workers, summary) = ended.results();
+    assert_eq!(summary["complete"], 2, "{summary}");
+    for (w, name) in workers.iter().zip(["a.mp4", "b.mp4"]) {
+        assert_eq!(w["status"], "COMPLETE", "{w}");
+        assert_eq!(w["on_end"]["exit_code"], 0, "{w}");
+        assert!(w["on_end"]["duration_s"].as_f64().unwrap() > drain_timeout);
+        let file = dir.path().join(name).to_string_lossy().into_owned();
+        assert_eq!(w["files"], serde_json::json!([file]));
+        let id = w["worker"].as_u64().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(format!("files-{id}"))).unwrap(),
+            file
+        );
+        assert_eq!(w["webhooks"]["delivered"], 3, "{w}");
+    }
+    // Every event names its worker; each worker's own are in order.
+    let mut seen: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    while let Ok(hit) = hits.recv_timeout(Duration::ZERO) {
+        let event = hit.json();
+        seen.entry(event["worker"].as_u64().expect("a worker id"))
+            .or_default()
+            .push(event["state"].as_str().unwrap().to_owned());
+    }
+    for id in [1, 2] {
+        assert_eq!(seen[&id], ["ACTIVE", "ENDING", "COMPLETE"], "worker {id}");
+    }
+}

@@ -334,6 +334,14 @@ impl Parent {
                 match event {
                     WorkerEvent::State { state, at, drain } => {
                         w.states.push(StateChange { state, at });
+                        // Its pipeline has ended: what the worker does next
+                        // (its --on-end hook, its final webhook) runs within
+                        // its own finish budget, never into a drain deadline.
+                        if matches!(state, State::Complete | State::Failed)
+                            && let Some(drain) = w.drain.as_mut()
+                        {
+                            drain.deadline = None;
+                        }
                         if state == State::Ending {
                             self.on_worker_drain(id, drain);
                         }
