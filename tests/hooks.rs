@@ -491,3 +491,42 @@ fn multi_pipeline_workers_notify_and_run_their_hooks_for_themselves() {
         assert_eq!(seen[&id], ["ACTIVE", "ENDING", "COMPLETE"], "worker {id}");
     }
 }
+
+#[test]
+fn hls_playlists_and_their_segments_are_listed() {
+    for (sink, parse) in [("hlssink2", "h264parse"), ("hlssink", "mpegtsmux")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("hls");
+        std::fs::create_dir(&out).unwrap();
+        // 3 s, a keyframe a second, one-second segments; max-files=2 deletes
+        // the older ones, which must not be listed.
+        let pipeline = common::run::args_of(&format!(
+            "videotestsrc num-buffers=30 ! video/x-raw,width=160,height=120,framerate=10/1 \
+             ! x264enc key-int-max=10 speed-preset=ultrafast ! {parse} \
+             ! {sink} location={0}/seg%05d.ts playlist-location={0}/live.m3u8 \
+             target-duration=1 max-files=2",
+            out.display()
+        ));
+        let ended = run_with(&[], pipeline).wait_exit(HANG);
+        assert_no_panic(&ended);
+        let json = ended.json();
+        assert_eq!(json["status"], "COMPLETE", "{sink}: {json}");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+            .collect();
+        on_disk.sort();
+        assert!(
+            on_disk.len() >= 3,
+            "{sink}: a playlist and segments: {on_disk:?}"
+        );
+        let mut listed: Vec<String> = json["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_owned())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, on_disk, "{sink}");
+    }
+}
