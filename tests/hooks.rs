@@ -197,6 +197,28 @@ fn receiver_never_up_does_not_change_complete() {
     assert!(common::mp4_streams(&dir.path().join("rec.mp4")).is_ok());
 }
 
+/// The paths in `dir`, sorted.
+fn sorted_dir(dir: &Path) -> Vec<String> {
+    let mut paths: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// The result's `files`, sorted.
+fn sorted_files(result: &Value) -> Vec<String> {
+    let mut files: Vec<String> = result["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f.as_str().unwrap().to_owned())
+        .collect();
+    files.sort();
+    files
+}
+
 /// The hook writes what it was given into `dir`, then exits 3.
 fn recording_hook(dir: &Path) -> String {
     let d = dir.display();
@@ -232,20 +254,9 @@ fn on_end_sees_the_result_and_every_fragment() {
     assert_eq!(json["on_end"]["timed_out"], false);
     assert!(json["on_end"]["duration_s"].as_f64().unwrap() >= 0.0);
 
-    let mut fragments: Vec<String> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
-        .collect();
-    fragments.sort();
+    let fragments = sorted_dir(&out);
     assert!(fragments.len() >= 2, "splitmuxsink split: {fragments:?}");
-    let mut listed: Vec<String> = json["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap().to_owned())
-        .collect();
-    listed.sort();
-    assert_eq!(listed, fragments);
+    assert_eq!(sorted_files(&json), fragments);
 
     let files = std::fs::read_to_string(dir.path().join("files")).unwrap();
     let mut given: Vec<&str> = files.lines().collect();
@@ -511,22 +522,11 @@ fn hls_playlists_and_their_segments_are_listed() {
         assert_no_panic(&ended);
         let json = ended.json();
         assert_eq!(json["status"], "COMPLETE", "{sink}: {json}");
-        let mut on_disk: Vec<String> = std::fs::read_dir(&out)
-            .unwrap()
-            .map(|e| e.unwrap().path().to_string_lossy().into_owned())
-            .collect();
-        on_disk.sort();
+        let on_disk = sorted_dir(&out);
         assert!(
             on_disk.len() >= 3,
             "{sink}: a playlist and segments: {on_disk:?}"
         );
-        let mut listed: Vec<String> = json["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f.as_str().unwrap().to_owned())
-            .collect();
-        listed.sort();
-        assert_eq!(listed, on_disk, "{sink}");
+        assert_eq!(sorted_files(&json), on_disk, "{sink}");
     }
 }

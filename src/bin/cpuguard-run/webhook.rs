@@ -332,3 +332,57 @@ fn deliver_all(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn signature_matches_rfc_4231_test_case_2() {
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    fn secret_with(text: &[u8], mode: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn secret_loses_one_trailing_newline_only() {
+        let (_dir, path) = secret_with(b"key\r\n", 0o600);
+        assert_eq!(read_secret(&path).unwrap(), b"key");
+        let (_dir, path) = secret_with(b"key\n\n", 0o400);
+        assert_eq!(read_secret(&path).unwrap(), b"key\n");
+    }
+
+    #[test]
+    fn unsafe_or_empty_secrets_are_refused_by_name() {
+        for (text, mode, why) in [
+            (&b"\n"[..], 0o600, "empty"),
+            (b"key", 0o620, "writable by group or others"),
+            (b"key", 0o602, "writable by group or others"),
+        ] {
+            let (_dir, path) = secret_with(text, mode);
+            let err = read_secret(&path).unwrap_err();
+            assert!(err.starts_with("--webhook-secret-file "), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_before_anything_runs() {
+        assert!(check_url("http://127.0.0.1:8080/hook").is_ok());
+        for bad in ["ftp://host/", "http://", "http:///path", "127.0.0.1:80"] {
+            let err = check_url(bad).unwrap_err();
+            assert!(err.starts_with("--webhook "), "{err}");
+        }
+        assert_eq!(check_url("https://host/").is_ok(), cfg!(feature = "tls"));
+    }
+}
