@@ -530,3 +530,33 @@ fn hls_playlists_and_their_segments_are_listed() {
         assert_eq!(sorted_files(&json), on_disk, "{sink}");
     }
 }
+
+#[test]
+fn sigint_during_the_final_delivery_ends_the_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut run = run_with(
+        &[
+            format!("--webhook=http://127.0.0.1:{port}/"),
+            // Far beyond the hang bound: only SIGINT can end it in time.
+            "--finish-timeout=10m".to_owned(),
+        ],
+        short_recording(&dir.path().join("rec.mp4")),
+    );
+    run.wait_line(Stream::Stderr, HANG, |l| {
+        l.contains("webhook: COMPLETE to") && l.contains("attempt 1 failed")
+    });
+    run.signal(Signal::SIGINT);
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    let json = ended.json();
+    // The recording had finished: SIGINT only ends the retries.
+    assert_eq!(json["status"], "COMPLETE", "{json}");
+    assert_eq!(ended.code(), Some(0));
+    assert_eq!(
+        json["webhooks"],
+        serde_json::json!({"delivered": 0, "failed": 2}),
+        "{}",
+        ended.stderr
+    );
+}

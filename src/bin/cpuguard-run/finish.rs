@@ -139,7 +139,14 @@ impl Notifier {
             event["reason"] = json!(report.reason);
             event["end_reason"] = json!(report.end_reason);
             event["result"] = serde_json::to_value(&*report).unwrap_or(Value::Null);
-            let tally = webhooks.finish(&event, deadline);
+            let cutter = webhooks.cutter();
+            let tally = on_loop(
+                router,
+                "the final webhook delivery",
+                move || webhooks.finish(&event, deadline),
+                move || cutter.cut(),
+            )
+            .unwrap_or_default();
             progress!(
                 "webhooks: {} delivered, {} failed",
                 tally.delivered,
@@ -150,8 +157,44 @@ impl Notifier {
     }
 }
 
-/// Runs `--on-end` while the GLib main loop keeps taking signals: SIGINT
-/// kills the hook, SIGTERM and SIGHUP are only told about.
+/// Runs `work` on a thread of its own while this thread runs the GLib main
+/// loop, so that signals keep arriving: SIGINT calls `interrupt` (which must
+/// make `work` end soon), SIGTERM and SIGHUP are only told about.
+fn on_loop<T: Send + 'static>(
+    router: &Router,
+    what: &'static str,
+    work: impl FnOnce() -> T + Send + 'static,
+    interrupt: impl Fn() + 'static,
+) -> Option<T> {
+    let main_loop = glib::MainLoop::new(None, false);
+    let quit = main_loop.clone();
+    let spawned = std::thread::Builder::new()
+        .name("cpuguard-finish".to_owned())
+        .spawn(move || {
+            let result = work();
+            // Quits from the loop's own thread, so never before it runs.
+            glib::MainContext::default().invoke(move || quit.quit());
+            result
+        });
+    let thread = match spawned {
+        Ok(thread) => thread,
+        Err(err) => {
+            progress!("warning: cannot run {what}: no thread: {err}");
+            return None;
+        }
+    };
+    router.set_handler(move |signal| match signal {
+        Signal::SIGINT => {
+            progress!("SIGINT: stopping {what}");
+            interrupt();
+        }
+        other => progress!("{other}: the run has ended; {what} goes on (SIGINT stops it)"),
+    });
+    main_loop.run();
+    thread.join().ok()
+}
+
+/// Runs `--on-end` (see [`on_loop`] for signals).
 fn run_hook(
     command: &str,
     worker: Option<u32>,
@@ -175,8 +218,6 @@ fn run_hook(
             .saturating_duration_since(Instant::now())
             .as_secs_f64()
     );
-    let main_loop = glib::MainLoop::new(None, false);
-    let quit = main_loop.clone();
     let running = onend::start(
         onend::Input {
             command: command.to_owned(),
@@ -184,21 +225,15 @@ fn run_hook(
             env,
         },
         deadline,
-        move || {
-            // Quits from the loop's own thread, so never before it runs.
-            glib::MainContext::default().invoke(move || quit.quit());
-        },
     );
     let interrupter = running.interrupter();
-    router.set_handler(move |signal| match signal {
-        Signal::SIGINT => {
-            progress!("SIGINT: stopping the on-end hook");
-            interrupter.interrupt();
-        }
-        other => progress!("{other}: the run has ended; the on-end hook goes on (SIGINT stops it)"),
-    });
-    main_loop.run();
-    let outcome = running.wait();
+    let outcome = on_loop(
+        router,
+        "the on-end hook",
+        move || running.wait(),
+        move || interrupter.interrupt(),
+    )
+    .unwrap_or_else(|| onend::Outcome::not_run(command, "no thread to run it on"));
     let how = match (&outcome.error, outcome.timed_out, outcome.interrupted) {
         (Some(err), _, _) => format!("failed: {err}"),
         (None, true, _) => "killed: the finish budget was spent".to_owned(),

@@ -37,6 +37,21 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+impl Outcome {
+    /// A hook that could not be run at all.
+    pub fn not_run(command: &str, why: &str) -> Self {
+        Outcome {
+            command: command.to_owned(),
+            exit_code: None,
+            signal: None,
+            duration_s: 0.0,
+            timed_out: false,
+            interrupted: false,
+            error: Some(why.to_owned()),
+        }
+    }
+}
+
 /// What the hook is given.
 pub struct Input {
     pub command: String,
@@ -75,36 +90,21 @@ impl Running {
 
     /// Waits for the outcome (the hook ended, was killed, or never started).
     pub fn wait(mut self) -> Outcome {
-        let started = Instant::now();
         self.thread
             .take()
             .and_then(|thread| thread.join().ok())
-            .unwrap_or_else(|| Outcome {
-                command: self.command.clone(),
-                exit_code: None,
-                signal: None,
-                duration_s: started.elapsed().as_secs_f64(),
-                timed_out: false,
-                interrupted: false,
-                error: Some("the hook's supervising thread failed".to_owned()),
-            })
+            .unwrap_or_else(|| Outcome::not_run(&self.command, "no thread to run it on"))
     }
 }
 
-/// Starts the hook; it is killed at `deadline`. `done` is called (from
-/// another thread) once the outcome is known, so a caller can wait on its
-/// own event loop.
-pub fn start(input: Input, deadline: Instant, done: impl FnOnce() + Send + 'static) -> Running {
+/// Starts the hook; it is killed at `deadline`.
+pub fn start(input: Input, deadline: Instant) -> Running {
     let (wake, woken) = mpsc::channel();
     let interrupter = Interrupter(wake.clone());
     let command = input.command.clone();
     let thread = std::thread::Builder::new()
         .name("cpuguard-on-end".to_owned())
-        .spawn(move || {
-            let outcome = supervise(input, deadline, wake, &woken);
-            done();
-            outcome
-        })
+        .spawn(move || supervise(input, deadline, wake, &woken))
         .ok();
     Running {
         thread,
@@ -120,15 +120,8 @@ fn supervise(
     woken: &mpsc::Receiver<Wake>,
 ) -> Outcome {
     let started = Instant::now();
-    let mut outcome = Outcome {
-        command: input.command.clone(),
-        exit_code: None,
-        signal: None,
-        duration_s: 0.0,
-        timed_out: false,
-        interrupted: false,
-        error: None,
-    };
+    let mut outcome = Outcome::not_run(&input.command, "");
+    outcome.error = None;
     let finish = |mut outcome: Outcome| {
         outcome.duration_s = crate::report::round_ms(started.elapsed().as_secs_f64());
         outcome
@@ -150,8 +143,10 @@ fn supervise(
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(err) => {
-            outcome.error = Some(format!("cannot run /bin/sh -c: {err}"));
-            return finish(outcome);
+            return finish(Outcome::not_run(
+                &input.command,
+                &format!("cannot run /bin/sh -c: {err}"),
+            ));
         }
     };
     let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -176,8 +176,52 @@ impl Event {
     }
 }
 
-/// The finish deadline, once the final event is queued.
-type Deadline = Arc<Mutex<Option<Instant>>>;
+/// The finish deadline, once the final event is queued; brought forward by
+/// [`Cutter`], which wakes a backoff wait through the condvar.
+#[derive(Default)]
+struct DeadlineInner {
+    at: Mutex<Option<Instant>>,
+    moved: Condvar,
+}
+
+type Deadline = Arc<DeadlineInner>;
+
+impl DeadlineInner {
+    fn get(&self) -> Option<Instant> {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, at: Instant) {
+        *self.at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+        self.moved.notify_all();
+    }
+
+    /// Waits until `until`, or less if the deadline is brought forward.
+    fn wait_until(&self, until: Instant) {
+        let mut at = self.at.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            let end = at.map_or(until, |d| d.min(until));
+            let Some(left) = end.checked_duration_since(now).filter(|l| !l.is_zero()) else {
+                return;
+            };
+            at = match self.moved.wait_timeout(at, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+/// Ends the retries now (SIGINT): the final event keeps its one last attempt.
+#[derive(Clone)]
+pub struct Cutter(Deadline);
+
+impl Cutter {
+    pub fn cut(&self) {
+        self.0.set(Instant::now());
+    }
+}
 
 /// The delivery thread and its queue.
 pub struct Webhooks {
@@ -215,10 +259,16 @@ impl Webhooks {
         }
     }
 
+    pub fn cutter(&self) -> Cutter {
+        Cutter(self.deadline.clone())
+    }
+
     /// Queues the final event and waits until every event was delivered or
     /// given up on; retries end at `deadline`.
     pub fn finish(mut self, event: &serde_json::Value, deadline: Instant) -> Tally {
-        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        if self.deadline.get().is_none_or(|at| deadline < at) {
+            self.deadline.set(deadline);
+        }
         if let Some(queue) = self.queue.take() {
             let _ = queue.send(Event::of(event, true));
         }
@@ -262,7 +312,7 @@ fn deliver_all(
             let outcome = loop {
                 attempt += 1;
                 let now = Instant::now();
-                let end = *deadline.lock().unwrap_or_else(|p| p.into_inner());
+                let end = deadline.get();
                 let timeout = match end {
                     Some(end) if end > now => REQUEST_TIMEOUT.min(end - now),
                     Some(_) if event.last && attempt == 1 => LAST_CHANCE,
@@ -288,7 +338,7 @@ fn deliver_all(
                 if !event.last && (attempt >= ATTEMPTS_EARLY || final_waits) {
                     break Err(error);
                 }
-                let end = *deadline.lock().unwrap_or_else(|p| p.into_inner());
+                let end = deadline.get();
                 if end.is_some_and(|end| Instant::now() + wait >= end) {
                     break Err(format!("{error}; no time left for a retry"));
                 }
@@ -308,8 +358,9 @@ fn deliver_all(
                         Ok(next) => backlog.push_back(next),
                         Err(RecvTimeoutError::Timeout) => break,
                         Err(RecvTimeoutError::Disconnected) => {
-                            // Everything is queued: the backoff itself remains.
-                            std::thread::sleep(left);
+                            // Everything is queued: the backoff itself
+                            // remains, unless the deadline is cut meanwhile.
+                            deadline.wait_until(until);
                             break;
                         }
                     }
