@@ -560,3 +560,49 @@ fn sigint_during_the_final_delivery_ends_the_retries() {
         ended.stderr
     );
 }
+
+#[test]
+fn a_dead_receiver_does_not_hold_up_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = free_port();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let live = format!("http://{}/live", listener.local_addr().unwrap());
+    let hits = receive(listener);
+    let run = run_with(
+        &[
+            format!("--webhook=http://127.0.0.1:{dead}/"),
+            format!("--webhook={live}"),
+            "--finish-timeout=2s".to_owned(),
+        ],
+        short_recording(&dir.path().join("rec.mp4")),
+    );
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    let mut states = Vec::new();
+    while let Ok(hit) = hits.recv_timeout(Duration::ZERO) {
+        states.push(hit.json()["state"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(states, ["ACTIVE", "COMPLETE"], "{}", ended.stderr);
+    // The live receiver had the final event while the dead one was still
+    // being retried, not after it was given up on.
+    let at = |needle: &str| {
+        ended
+            .stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{}", ended.stderr))
+    };
+    assert!(
+        at(&format!("webhook: delivered COMPLETE to {live}"))
+            < at(&format!(
+                "webhook: COMPLETE to http://127.0.0.1:{dead}/: gave up"
+            )),
+        "{}",
+        ended.stderr
+    );
+    let json = ended.json();
+    assert_eq!(json["status"], "COMPLETE");
+    assert_eq!(
+        json["webhooks"],
+        serde_json::json!({"delivered": 2, "failed": 2})
+    );
+}

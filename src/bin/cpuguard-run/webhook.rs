@@ -10,6 +10,7 @@
 //! and every retry ends at the finish deadline. A failed delivery is counted,
 //! never a reason to change the recording's status.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
@@ -223,38 +224,48 @@ impl Cutter {
     }
 }
 
-/// The delivery thread and its queue.
+/// Who hears each delivery outcome.
+type Told = dyn Fn(Delivery, &str) + Send + Sync;
+
+/// One delivery thread and queue per URL: a dead receiver never delays
+/// another's events, and each URL gets its events in order.
 pub struct Webhooks {
-    queue: Option<Sender<Event>>,
+    queues: Vec<Sender<Event>>,
     deadline: Deadline,
-    thread: Option<JoinHandle<Tally>>,
+    threads: Vec<JoinHandle<Tally>>,
 }
 
 impl Webhooks {
-    /// Starts the delivery thread; `told` hears each outcome (metrics, stderr).
+    /// Starts the delivery threads; `told` hears each outcome (metrics, stderr).
     pub fn start(
         config: Config,
-        told: impl Fn(Delivery, &str) + Send + 'static,
+        told: impl Fn(Delivery, &str) + Send + Sync + 'static,
     ) -> Result<Self, String> {
-        let (queue, events) = mpsc::channel();
+        let told: Arc<Told> = Arc::new(told);
         let deadline = Deadline::default();
-        let thread = {
-            let deadline = deadline.clone();
-            std::thread::Builder::new()
-                .name("cpuguard-webhook".to_owned())
-                .spawn(move || deliver_all(&config, &events, &deadline, &told))
-                .map_err(|err| format!("cannot start the webhook thread: {err}"))?
-        };
-        Ok(Webhooks {
-            queue: Some(queue),
+        let secret: Option<Arc<[u8]>> = config.secret.map(Into::into);
+        let mut webhooks = Webhooks {
+            queues: Vec::new(),
             deadline,
-            thread: Some(thread),
-        })
+            threads: Vec::new(),
+        };
+        for url in config.urls {
+            let (queue, events) = mpsc::channel();
+            let (deadline, told, secret) =
+                (webhooks.deadline.clone(), told.clone(), secret.clone());
+            let thread = std::thread::Builder::new()
+                .name("cpuguard-webhook".to_owned())
+                .spawn(move || deliver_all(&url, secret.as_deref(), &events, &deadline, &*told))
+                .map_err(|err| format!("cannot start a webhook thread: {err}"))?;
+            webhooks.queues.push(queue);
+            webhooks.threads.push(thread);
+        }
+        Ok(webhooks)
     }
 
     /// Queues a state change; returns at once.
     pub fn send(&self, event: &serde_json::Value) {
-        if let Some(queue) = &self.queue {
+        for queue in &self.queues {
             let _ = queue.send(Event::of(event, false));
         }
     }
@@ -265,22 +276,28 @@ impl Webhooks {
 
     /// Queues the final event and waits until every event was delivered or
     /// given up on; retries end at `deadline`.
-    pub fn finish(mut self, event: &serde_json::Value, deadline: Instant) -> Tally {
+    pub fn finish(self, event: &serde_json::Value, deadline: Instant) -> Tally {
         if self.deadline.get().is_none_or(|at| deadline < at) {
             self.deadline.set(deadline);
         }
-        if let Some(queue) = self.queue.take() {
+        for queue in self.queues {
             let _ = queue.send(Event::of(event, true));
         }
-        self.thread
-            .take()
-            .and_then(|thread| thread.join().ok())
-            .unwrap_or_default()
+        let mut tally = Tally::default();
+        for thread in self.threads {
+            if let Ok(one) = thread.join() {
+                tally.delivered += one.delivered;
+                tally.failed += one.failed;
+            }
+        }
+        tally
     }
 }
 
+/// Delivers `url`'s events in order until the queue closes; the tally.
 fn deliver_all(
-    config: &Config,
+    url: &str,
+    secret: Option<&[u8]>,
     events: &Receiver<Event>,
     deadline: &Deadline,
     told: &dyn Fn(Delivery, &str),
@@ -293,7 +310,7 @@ fn deliver_all(
     let mut tally = Tally::default();
     // Events queued behind the one being retried tell whether the final one
     // is among them (then the retries of the earlier ones stop).
-    let mut backlog: std::collections::VecDeque<Event> = Default::default();
+    let mut backlog = VecDeque::new();
     loop {
         let event = match backlog.pop_front() {
             Some(event) => event,
@@ -302,82 +319,109 @@ fn deliver_all(
                 Err(_) => return tally,
             },
         };
-        let signature = config
-            .secret
-            .as_deref()
-            .map(|secret| signature(secret, event.body.as_bytes()));
-        for url in &config.urls {
-            let mut attempt = 0;
-            let mut wait = BACKOFF_FIRST;
-            let outcome = loop {
-                attempt += 1;
-                let now = Instant::now();
-                let end = deadline.get();
-                let timeout = match end {
-                    Some(end) if end > now => REQUEST_TIMEOUT.min(end - now),
-                    Some(_) if event.last && attempt == 1 => LAST_CHANCE,
-                    Some(_) => break Err("the finish budget is spent".to_owned()),
-                    None => REQUEST_TIMEOUT,
-                };
-                let mut request = agent
-                    .post(url)
-                    .timeout(timeout)
-                    .set("Content-Type", "application/json");
-                if let Some(signature) = &signature {
-                    request = request.set(SIGNATURE_HEADER, signature);
-                }
-                let error = match request.send_string(&event.body) {
-                    Ok(_) => break Ok(()),
-                    Err(ureq::Error::Status(code, _)) => format!("HTTP {code}"),
-                    Err(err) => err.to_string(),
-                };
-                // Move everything already queued into the backlog: is the
-                // final event among it?
-                backlog.extend(events.try_iter());
-                let final_waits = backlog.iter().any(|e| e.last);
-                if !event.last && (attempt >= ATTEMPTS_EARLY || final_waits) {
-                    break Err(error);
-                }
-                let end = deadline.get();
-                if end.is_some_and(|end| Instant::now() + wait >= end) {
-                    break Err(format!("{error}; no time left for a retry"));
-                }
+        let mut retrying = Retrying {
+            url,
+            events,
+            backlog: &mut backlog,
+            deadline,
+            told,
+        };
+        match retrying.deliver(&agent, &event, secret) {
+            Ok(()) => {
+                tally.delivered += 1;
+                told(Delivery::Delivered, &format!("{} to {url}", event.label));
+            }
+            Err(error) => {
+                tally.failed += 1;
                 told(
-                    Delivery::Retrying,
-                    &format!(
-                        "{} to {url}: attempt {attempt} failed ({error}); retrying in {} ms",
-                        event.label,
-                        wait.as_millis()
-                    ),
+                    Delivery::Failed,
+                    &format!("{} to {url}: gave up: {error}", event.label),
                 );
-                // Waits on the queue: a final event queued meanwhile is seen,
-                // and cuts the next retry of an earlier event.
-                let until = Instant::now() + wait;
-                while let Some(left) = until.checked_duration_since(Instant::now()) {
-                    match events.recv_timeout(left) {
-                        Ok(next) => backlog.push_back(next),
-                        Err(RecvTimeoutError::Timeout) => break,
-                        Err(RecvTimeoutError::Disconnected) => {
-                            // Everything is queued: the backoff itself
-                            // remains, unless the deadline is cut meanwhile.
-                            deadline.wait_until(until);
-                            break;
-                        }
-                    }
-                }
-                wait = (wait * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// What one event's attempts share.
+struct Retrying<'a> {
+    url: &'a str,
+    events: &'a Receiver<Event>,
+    backlog: &'a mut VecDeque<Event>,
+    deadline: &'a Deadline,
+    told: &'a dyn Fn(Delivery, &str),
+}
+
+impl Retrying<'_> {
+    /// Posts `event` until a 2xx answer, or gives up (with the last error).
+    fn deliver(
+        &mut self,
+        agent: &ureq::Agent,
+        event: &Event,
+        secret: Option<&[u8]>,
+    ) -> Result<(), String> {
+        let url = self.url;
+        let signature = secret.map(|secret| signature(secret, event.body.as_bytes()));
+        let mut wait = BACKOFF_FIRST;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = Instant::now();
+            let timeout = match self.deadline.get() {
+                Some(end) if end > now => REQUEST_TIMEOUT.min(end - now),
+                Some(_) if event.last && attempt == 1 => LAST_CHANCE,
+                Some(_) => return Err("the finish budget is spent".to_owned()),
+                None => REQUEST_TIMEOUT,
             };
-            match outcome {
-                Ok(()) => {
-                    tally.delivered += 1;
-                    told(Delivery::Delivered, &format!("{} to {url}", event.label));
-                }
-                Err(error) => {
-                    tally.failed += 1;
-                    told(
-                        Delivery::Failed,
-                        &format!("{} to {url}: gave up: {error}", event.label),
-                    );
+            let mut request = agent
+                .post(url)
+                .timeout(timeout)
+                .set("Content-Type", "application/json");
+            if let Some(signature) = &signature {
+                request = request.set(SIGNATURE_HEADER, signature);
+            }
+            let error = match request.send_string(&event.body) {
+                Ok(_) => return Ok(()),
+                Err(ureq::Error::Status(code, _)) => format!("HTTP {code}"),
+                Err(err) => err.to_string(),
+            };
+            // Is the final event queued by now?
+            self.backlog.extend(self.events.try_iter());
+            let final_waits = self.backlog.iter().any(|e| e.last);
+            if !event.last && (attempt >= ATTEMPTS_EARLY || final_waits) {
+                return Err(error);
+            }
+            if self
+                .deadline
+                .get()
+                .is_some_and(|end| Instant::now() + wait >= end)
+            {
+                return Err(format!("{error}; no time left for a retry"));
+            }
+            (self.told)(
+                Delivery::Retrying,
+                &format!(
+                    "{} to {url}: attempt {attempt} failed ({error}); retrying in {} ms",
+                    event.label,
+                    wait.as_millis()
+                ),
+            );
+            self.back_off(wait);
+            wait = (wait * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Waits `wait` on the queue: a final event queued meanwhile is seen (and
+    /// ends an earlier event's retries); once everything is queued, a cut
+    /// deadline (SIGINT) ends the wait.
+    fn back_off(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match self.events.recv_timeout(left) {
+                Ok(next) => self.backlog.push_back(next),
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.deadline.wait_until(until);
+                    return;
                 }
             }
         }
