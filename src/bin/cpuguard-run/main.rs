@@ -83,6 +83,9 @@ fn run() -> u8 {
             return u8::try_from(err.exit_code()).unwrap_or(exit::USAGE);
         }
     };
+    if cli.finish_timeout.is_some() && cli.webhooks.is_empty() && cli.on_end.is_none() {
+        progress!("warning: --finish-timeout has nothing to bound without --on-end or --webhook");
+    }
     // Before anything runs: a bad URL or secret file is a usage error.
     let webhooks = match webhook::Config::new(&cli.webhooks, cli.webhook_secret_file.as_deref()) {
         Ok(webhooks) => webhooks,

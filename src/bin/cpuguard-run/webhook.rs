@@ -2,9 +2,10 @@
 //! final COMPLETE or FAILED with the whole result), signed with HMAC-SHA256
 //! when `--webhook-secret-file` is given.
 //!
-//! A leaf: an event (JSON) goes in, a delivery outcome comes out. Delivery
-//! runs on a thread of its own, so a slow or dead receiver never holds up the
-//! GLib main loop or a drain; events reach each URL in order. Each is retried
+//! A leaf: an event (JSON) goes in, a delivery outcome comes out. Each URL
+//! has a delivery thread of its own, so a slow or dead receiver never holds
+//! up the GLib main loop, a drain or another URL; events reach each URL in
+//! order. Each is retried
 //! with bounded exponential backoff; once the final event is queued, earlier
 //! events get no more retries (the final one carries everything they said)
 //! and every retry ends at the finish deadline. A failed delivery is counted,
