@@ -195,9 +195,7 @@ fn cpuguard_run_with_the_manifest_args_drains_on_sigterm_and_uploads() {
         .unwrap();
     let (_, bucket) = env(&doc, "RECORDINGS_BUCKET");
     let bucket = bucket["value"].as_str().expect("a bucket name");
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/recorder", listener.local_addr().unwrap());
-    let hits = common::receiver::receive(listener);
+    let (url, hits) = common::receiver::listen("/recorder");
     let path = format!(
         "{}:{}",
         bin.display(),

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::receiver::{Hit, receive};
+use common::receiver::{Hit, listen, receive, states_received};
 use common::run::{Ended, HANG, Run, Stream, assert_no_panic, command, spawn_command};
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -76,9 +76,7 @@ fn next_hit(hits: &mpsc::Receiver<Hit>) -> Hit {
 #[test]
 fn webhook_events_arrive_in_order_signed() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hooks/rec", listener.local_addr().unwrap());
-    let hits = receive(listener);
+    let (url, hits) = listen("/hooks/rec");
     let file = dir.path().join("rec.mp4");
     let mut run = run_with(
         &[
@@ -170,6 +168,24 @@ fn receiver_down_then_up_gets_the_final_event_within_the_budget() {
     assert_eq!(json["webhooks"]["failed"], 1, "{json}");
 }
 
+/// Waits for `run` to end COMPLETE (exit 0) with both of its events (ACTIVE,
+/// COMPLETE) failed; its result.
+#[track_caller]
+fn complete_none_delivered(run: Run) -> Value {
+    let ended = run.wait_exit(HANG);
+    assert_no_panic(&ended);
+    let json = ended.json();
+    assert_eq!(json["status"], "COMPLETE", "{json}");
+    assert_eq!(ended.code(), Some(0));
+    assert_eq!(
+        json["webhooks"],
+        serde_json::json!({"delivered": 0, "failed": 2}),
+        "{}",
+        ended.stderr
+    );
+    json
+}
+
 #[test]
 fn receiver_never_up_does_not_change_complete() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,18 +198,8 @@ fn receiver_never_up_does_not_change_complete() {
         ],
         short_recording(&dir.path().join("rec.mp4")),
     );
-    let ended = run.wait_exit(HANG);
-    assert_no_panic(&ended);
-    let json = ended.json();
-    assert_eq!(json["status"], "COMPLETE", "{json}");
+    let json = complete_none_delivered(run);
     assert_eq!(json["reason"], "eos");
-    assert_eq!(ended.code(), Some(0));
-    assert_eq!(
-        json["webhooks"],
-        serde_json::json!({"delivered": 0, "failed": 2}),
-        "{}",
-        ended.stderr
-    );
     assert!(common::mp4_streams(&dir.path().join("rec.mp4")).is_ok());
 }
 
@@ -312,8 +318,10 @@ fn a_hanging_hook_is_killed_at_the_budget() {
     assert_eq!(hook["exit_code"], Value::Null);
     assert_eq!(hook["signal"], "SIGKILL");
     let took = hook["duration_s"].as_f64().unwrap();
+    // The budget counts from the pipeline's end, a moment before the hook
+    // starts: it runs for nearly all of it, never much less.
     assert!(
-        took >= budget - 0.05,
+        took >= budget * 0.9,
         "killed at the budget, not before: {took}"
     );
     let child: i32 = std::fs::read_to_string(dir.path().join("child"))
@@ -413,9 +421,7 @@ fn bad_webhook_settings_are_usage_errors_naming_the_option() {
 #[test]
 fn webhook_urls_come_from_the_environment_too() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/env", listener.local_addr().unwrap());
-    let hits = receive(listener);
+    let (url, hits) = listen("/env");
     let mut cmd = command(&short_recording(&dir.path().join("rec.mp4")));
     cmd.env("CPUGUARD_WEBHOOK", &url);
     let ended = spawn_command(cmd).wait_exit(HANG);
@@ -437,9 +443,7 @@ fn webhook_urls_come_from_the_environment_too() {
 #[test]
 fn multi_pipeline_workers_notify_and_run_their_hooks_for_themselves() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/multi", listener.local_addr().unwrap());
-    let hits = receive(listener);
+    let (url, hits) = listen("/multi");
     let drain_timeout = 2.0;
     let pipeline = |name: &str| {
         format!(
@@ -547,27 +551,15 @@ fn sigint_during_the_final_delivery_ends_the_retries() {
         l.contains("webhook: COMPLETE to") && l.contains("attempt 1 failed")
     });
     run.signal(Signal::SIGINT);
-    let ended = run.wait_exit(HANG);
-    assert_no_panic(&ended);
-    let json = ended.json();
     // The recording had finished: SIGINT only ends the retries.
-    assert_eq!(json["status"], "COMPLETE", "{json}");
-    assert_eq!(ended.code(), Some(0));
-    assert_eq!(
-        json["webhooks"],
-        serde_json::json!({"delivered": 0, "failed": 2}),
-        "{}",
-        ended.stderr
-    );
+    complete_none_delivered(run);
 }
 
 #[test]
 fn a_dead_receiver_does_not_hold_up_another() {
     let dir = tempfile::tempdir().unwrap();
     let dead = free_port();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let live = format!("http://{}/live", listener.local_addr().unwrap());
-    let hits = receive(listener);
+    let (live, hits) = listen("/live");
     let run = run_with(
         &[
             format!("--webhook=http://127.0.0.1:{dead}/"),
@@ -578,10 +570,7 @@ fn a_dead_receiver_does_not_hold_up_another() {
     );
     let ended = run.wait_exit(HANG);
     assert_no_panic(&ended);
-    let mut states = Vec::new();
-    while let Ok(hit) = hits.recv_timeout(Duration::ZERO) {
-        states.push(hit.json()["state"].as_str().unwrap().to_owned());
-    }
+    let states = states_received(&hits);
     assert_eq!(states, ["ACTIVE", "COMPLETE"], "{}", ended.stderr);
     // The live receiver had the final event while the dead one was still
     // being retried, not after it was given up on.

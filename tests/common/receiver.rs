@@ -44,6 +44,21 @@ impl Hit {
     }
 }
 
+/// A receiver on an ephemeral port of 127.0.0.1: its URL (ending in
+/// `path`) and the requests it gets.
+pub fn listen(path: &str) -> (String, mpsc::Receiver<Hit>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a port on 127.0.0.1");
+    let url = format!("http://{}{path}", listener.local_addr().unwrap());
+    (url, receive(listener))
+}
+
+/// The states of the events received so far, in order.
+pub fn states_received(hits: &mpsc::Receiver<Hit>) -> Vec<String> {
+    hits.try_iter()
+        .map(|hit| hit.json()["state"].as_str().expect("a state").to_owned())
+        .collect()
+}
+
 /// A minimal HTTP/1.1 receiver: each request is read to its Content-Length,
 /// answered 204, and handed to the test.
 pub fn receive(listener: TcpListener) -> mpsc::Receiver<Hit> {
