@@ -225,12 +225,16 @@ fn metrics_follow_a_multi_pipeline_run_through_a_cpu_limit_drain() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(value(&body, "cpuguard_up"), Some(1.0), "{body}");
-    let load = value(&body, r#"cpuguard_load{source="system"}"#).unwrap();
+    let load = value(&body, r#"cpuguard_load_ratio{source="system"}"#).unwrap();
     assert!((load - 0.2).abs() < 0.05, "load {load}:\n{body}");
     assert_eq!(value(&body, "cpuguard_capacity_cpus"), Some(2.0), "{body}");
-    assert_eq!(value(&body, "cpuguard_soft_threshold"), Some(0.8), "{body}");
     assert_eq!(
-        value(&body, "cpuguard_hard_threshold"),
+        value(&body, "cpuguard_soft_threshold_ratio"),
+        Some(0.8),
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "cpuguard_hard_threshold_ratio"),
         Some(0.95),
         "{body}"
     );

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod machine;
+pub mod receiver;
 pub mod run;
 
 use gst::prelude::*;

@@ -171,6 +171,37 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub timeline: Option<PathBuf>,
 
+    /// POST a JSON event to URL at each state change (ACTIVE, ENDING, then
+    /// COMPLETE or FAILED with the whole result); repeat for more URLs (the
+    /// variable takes them comma-separated). A failed delivery never changes
+    /// the status
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "CPUGUARD_WEBHOOK",
+        value_delimiter = ','
+    )]
+    pub webhooks: Vec<String>,
+
+    /// Sign each webhook body with HMAC-SHA256 under the secret in FILE
+    /// (header X-Cpuguard-Signature: sha256=HEX); one trailing newline is
+    /// ignored; the file must not be writable by group or others
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Run `sh -c CMD` once the pipeline has ended and its files are closed:
+    /// the result as JSON on stdin, CPUGUARD_STATUS, CPUGUARD_REASON and
+    /// CPUGUARD_FILES (newline-separated) in its environment; killed with its
+    /// process group when the finish budget is spent or on SIGINT
+    #[arg(long, value_name = "CMD")]
+    pub on_end: Option<String>,
+
+    /// The budget after the pipeline has ended for --on-end and the final
+    /// webhook delivery [default: the rest of a 30 s window that starts at
+    /// the drain request, at least 5 s]
+    #[arg(long, value_name = "DURATION", value_parser = finish_timeout)]
+    pub finish_timeout: Option<Duration>,
+
     /// Configure the pipeline's MP4/MOV muxers (also inside splitmuxsink) so
     /// that a kill at any moment leaves a playable file (the default)
     #[arg(long, overrides_with = "no_crash_safe")]
@@ -458,6 +489,21 @@ fn crash_safe_interval(text: &str) -> Result<u32, String> {
         },
         text,
     )
+}
+
+/// A duration ("30s", "1m 30s"; a bare number is seconds), 0 to 1 hour.
+fn finish_timeout(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text).map_err(|err| {
+            format!("finish-timeout must be a duration such as 30s or 2m, got {text:?}: {err}")
+        })?,
+    };
+    if duration > Duration::from_secs(3600) {
+        return Err(format!("finish-timeout {text} is out of range: at most 1h"));
+    }
+    Ok(duration)
 }
 
 /// A count within the element's range.

@@ -11,24 +11,30 @@
 //! (multi-pipeline mode: one parent deciding for worker processes, each of
 //! which is this same program in single mode with `--worker ID`), `observe`
 //! (what `--metrics-addr` and `--timeline` are fed), `metrics` (Prometheus),
-//! `timeline` (the SVG plot), `log` (the `cpuguard` GStreamer debug category).
+//! `timeline` (the SVG plot), `log` (the `cpuguard` GStreamer debug category),
+//! `outputs` (the files the pipeline wrote), `finish` (after the end: the
+//! finish budget), `webhook` (`--webhook` delivery), `onend` (`--on-end`).
 
 mod branches;
 mod channel;
 mod cli;
 mod drain;
 mod exit;
+mod finish;
 mod guard;
 mod log;
 mod metrics;
 mod multi;
 mod observe;
+mod onend;
+mod outputs;
 mod pipeline;
 mod progress;
 mod report;
 mod signals;
 mod supervise;
 mod timeline;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -75,6 +81,17 @@ fn run() -> u8 {
             // Help and version go to stdout with exit 0; errors to stderr with 2.
             let _ = err.print();
             return u8::try_from(err.exit_code()).unwrap_or(exit::USAGE);
+        }
+    };
+    if cli.finish_timeout.is_some() && cli.webhooks.is_empty() && cli.on_end.is_none() {
+        progress!("warning: --finish-timeout has nothing to bound without --on-end or --webhook");
+    }
+    // Before anything runs: a bad URL or secret file is a usage error.
+    let webhooks = match webhook::Config::new(&cli.webhooks, cli.webhook_secret_file.as_deref()) {
+        Ok(webhooks) => webhooks,
+        Err(err) => {
+            fatal!("{err}");
+            return exit::USAGE;
         }
     };
     for note in cli.gst_launch_notes() {
@@ -197,6 +214,23 @@ fn run() -> u8 {
         );
     }
 
+    let notifier = match finish::Notifier::start(
+        finish::Settings {
+            webhooks,
+            on_end: cli.on_end.clone(),
+            finish_timeout: cli.finish_timeout,
+            worker: cli.worker,
+        },
+        description.clone(),
+        observer.metrics(),
+    ) {
+        Ok(notifier) => notifier,
+        Err(err) => {
+            fatal!("{err}");
+            return exit::FAILED;
+        }
+    };
+
     supervise::run(
         supervise::Setup {
             pipeline,
@@ -206,6 +240,7 @@ fn run() -> u8 {
             worker: cli.worker.is_some(),
             observer,
             protection,
+            notifier,
         },
         &router,
         report::Output::new(report_file),

@@ -41,6 +41,11 @@ struct SignalLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabel {
     worker: String,
 }
@@ -70,6 +75,7 @@ pub struct Metrics {
     signals: Family<SignalLabel, Counter>,
     throttled_ratio: F64Gauge,
     throttled_seconds: Counter<f64, AtomicU64>,
+    webhooks: Family<OutcomeLabel, Counter>,
 }
 
 impl Metrics {
@@ -93,12 +99,13 @@ impl Metrics {
             signals: Family::default(),
             throttled_ratio: F64Gauge::default(),
             throttled_seconds: Counter::default(),
+            webhooks: Family::default(),
         };
         let m = &metrics;
         let r = &mut registry;
         r.register("up", "1 while cpuguard-run is running", m.up.clone());
         r.register(
-            "load",
+            "load_ratio",
             "Last load sample: share of capacity (1 = all of it; can exceed 1)",
             m.load.clone(),
         );
@@ -114,11 +121,15 @@ impl Metrics {
             m.sample_errors.clone(),
         );
         r.register(
-            "soft_threshold",
+            "soft_threshold_ratio",
             "Load that, held for hold samples, drains",
             m.soft.clone(),
         );
-        r.register("hard_threshold", "Load that drains at once", m.hard.clone());
+        r.register(
+            "hard_threshold_ratio",
+            "Load that drains at once",
+            m.hard.clone(),
+        );
         r.register(
             "pipelines_running",
             "Pipelines running (multi-pipeline mode: workers alive)",
@@ -156,6 +167,11 @@ impl Metrics {
             "throttled_seconds",
             "Time the group whose quota binds spent throttled, summed over CPUs, since the run began",
             m.throttled_seconds.clone(),
+        );
+        r.register(
+            "webhook_deliveries",
+            "Webhook events (times URLs) by outcome: delivered, retried (an attempt failed), failed",
+            m.webhooks.clone(),
         );
         metrics.up.set(1);
         metrics.soft.set(soft);
@@ -235,6 +251,20 @@ impl Metrics {
         self.signals
             .get_or_create(&SignalLabel {
                 signal: signal.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn webhook(&self, delivery: crate::webhook::Delivery) {
+        use crate::webhook::Delivery;
+        let outcome = match delivery {
+            Delivery::Delivered => "delivered",
+            Delivery::Retrying => "retried",
+            Delivery::Failed => "failed",
+        };
+        self.webhooks
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

@@ -49,6 +49,11 @@ impl Observer {
         })
     }
 
+    /// The metrics, for what reports from other threads (webhook delivery).
+    pub fn metrics(&self) -> Option<Arc<Metrics>> {
+        self.metrics.clone()
+    }
+
     /// Where the metrics are served, once bound (`--metrics-addr`).
     pub fn metrics_url(&self) -> Option<String> {
         self.metrics_url.clone()

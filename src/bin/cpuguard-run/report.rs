@@ -218,6 +218,16 @@ pub struct Report {
     /// picks one): also in the report file from the start of the run.
     #[serde(default)]
     pub metrics_url: Option<String>,
+    /// The files the pipeline wrote (sinks' locations, splitmuxsink and HLS
+    /// fragments, playlists), absolute, that exist at the end.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// What `--on-end` did; null without it.
+    #[serde(default)]
+    pub on_end: Option<crate::onend::Outcome>,
+    /// Webhook deliveries (`--webhook`); null without any.
+    #[serde(default)]
+    pub webhooks: Option<crate::webhook::Tally>,
 }
 
 impl Report {

@@ -34,9 +34,11 @@ use crate::branches::SinkWatch;
 use crate::channel::{self, DrainEvent, WorkerEvent};
 use crate::drain::Drain;
 use crate::exit;
+use crate::finish::Notifier;
 use crate::guard;
 use crate::log::CAT;
 use crate::observe::Observer;
+use crate::outputs::Outputs;
 use crate::progress::progress;
 use crate::report::{
     CrashSafeReport, DrainReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons,
@@ -74,6 +76,8 @@ pub struct Setup {
     pub observer: Observer,
     /// The muxers made crash-safe; `None` with `--no-crash-safe`.
     pub protection: Option<gstcpuguard::crashsafe::Protection>,
+    /// Webhooks and the on-end hook.
+    pub notifier: Notifier,
 }
 
 /// How often the report file is refreshed with the latest load while running
@@ -125,6 +129,9 @@ struct Supervisor {
     error_in_drain: Option<ErrorInDrain>,
     /// A worker's CPU, told to its parent with each sample.
     process_cpu: channel::ProcessCpu,
+    /// Taken when the run is over (see `finish`).
+    notifier: Option<Notifier>,
+    outputs: Outputs,
 }
 
 /// Runs the pipeline until it ends; emits the result through `output` and
@@ -132,6 +139,7 @@ struct Supervisor {
 pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
     let main_loop = glib::MainLoop::new(None, false);
     let sinks = SinkWatch::install(&setup.pipeline);
+    let outputs = Outputs::of(&setup.pipeline);
     let supervisor = Rc::new_cyclic(|me| {
         RefCell::new(Supervisor {
             pipeline: setup.pipeline,
@@ -161,6 +169,8 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             sinks,
             error_in_drain: None,
             process_cpu: channel::ProcessCpu::default(),
+            notifier: Some(setup.notifier),
+            outputs,
         })
     });
 
@@ -203,10 +213,25 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
         main_loop.run();
     }
     drop(watch);
-    let s = supervisor.borrow();
-    let report = s.report();
-    s.output.emit(&report);
-    s.observer
+    let (mut report, notifier, drain_requested, output) = {
+        let mut s = supervisor.borrow_mut();
+        let drain_requested = s.drain.as_ref().map(|d| d.requested.mono);
+        (
+            s.report(),
+            s.notifier.take(),
+            drain_requested,
+            s.output.clone(),
+        )
+    };
+    if let Some(notifier) = notifier {
+        // The final status is on disk before the hook runs, whatever it does.
+        output.update(&report);
+        notifier.finish(&mut report, drain_requested, router);
+    }
+    output.emit(&report);
+    supervisor
+        .borrow()
+        .observer
         .finish(&format!("{} ({})", report.end_reason, report.reason));
     report.exit_code
 }
@@ -220,6 +245,15 @@ impl Supervisor {
             at: now.rfc3339(),
         });
         progress!("state {}{detail}", state.as_str());
+        if matches!(state, State::Active | State::Ending) {
+            let drain = self
+                .drain
+                .as_ref()
+                .map(|d| (d.reason.as_str(), d.description.as_str()));
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.state(state, &now.rfc3339(), drain);
+            }
+        }
         if self.worker {
             channel::send(&WorkerEvent::State {
                 state,
@@ -370,6 +404,7 @@ impl Supervisor {
             MessageView::Element(element) => {
                 let Some(s) = element.structure() else { return };
                 let source = src.map_or_else(String::new, |s| s.name().to_string());
+                self.outputs.on_message(s);
                 match s.name().as_str() {
                     "cpuguard-load" => self.on_load(s),
                     "cpuguard-drain" => self.on_guard_drain(s, source),
@@ -973,6 +1008,9 @@ impl Supervisor {
             signals: self.signals.clone(),
             crash_safe,
             metrics_url: self.observer.metrics_url(),
+            files: self.outputs.existing(),
+            on_end: None,
+            webhooks: None,
         }
     }
 }

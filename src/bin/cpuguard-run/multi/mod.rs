@@ -263,6 +263,23 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     if cli.drain_non_live {
         worker_args.push("--drain-non-live".into());
     }
+    // Each worker tells its own webhooks (its events carry its worker id and
+    // pipeline) and runs its own on-end hook with its own files, within its
+    // own finish budget, as soon as its pipeline has ended.
+    for url in &cli.webhooks {
+        worker_args.push(format!("--webhook={url}").into());
+    }
+    if let Some(file) = &cli.webhook_secret_file {
+        let mut arg = OsString::from("--webhook-secret-file=");
+        arg.push(file);
+        worker_args.push(arg);
+    }
+    if let Some(command) = &cli.on_end {
+        worker_args.push(format!("--on-end={command}").into());
+    }
+    if let Some(timeout) = cli.finish_timeout {
+        worker_args.push(format!("--finish-timeout={}ms", timeout.as_millis()).into());
+    }
     if cli.coordination_group_shared {
         worker_args.push("--coordination-group-shared".into());
     }

@@ -334,6 +334,14 @@ impl Parent {
                 match event {
                     WorkerEvent::State { state, at, drain } => {
                         w.states.push(StateChange { state, at });
+                        // Its pipeline has ended: what the worker does next
+                        // (its --on-end hook, its final webhook) runs within
+                        // its own finish budget, never into a drain deadline.
+                        if matches!(state, State::Complete | State::Failed)
+                            && let Some(drain) = w.drain.as_mut()
+                        {
+                            drain.deadline = None;
+                        }
                         if state == State::Ending {
                             self.on_worker_drain(id, drain);
                         }
@@ -903,6 +911,9 @@ fn made_report(
             .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
         // A worker serves no metrics: the parent's summary says where it does.
         metrics_url: None,
+        files: Vec::new(),
+        on_end: None,
+        webhooks: None,
     }
 }
 
@@ -933,5 +944,8 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         signals: Vec::new(),
         crash_safe: job.crash_safe.clone(),
         metrics_url: None,
+        files: Vec::new(),
+        on_end: None,
+        webhooks: None,
     }
 }
