@@ -8,6 +8,7 @@ pub mod cpuguard;
 pub mod crashsafe;
 pub mod hostwide;
 pub mod load;
+pub mod messages;
 pub mod policy;
 pub mod reason;
 pub mod tags;

@@ -15,6 +15,7 @@ use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
 use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
+use crate::messages::{self, DrainTrigger, Refusal};
 use crate::policy::{DEFAULT_RELEASE, Policy, PolicyConfig};
 use crate::reason::EndReason;
 
@@ -39,8 +40,6 @@ const DEFAULT_ROOT: &str = "/";
 const DEFAULT_CRASH_SAFE: bool = false;
 
 /// `refusal` codes of `cpuguard-drain-refused`.
-const REFUSED_ENDING: &str = "ending-by-itself";
-const REFUSED_DRAINING: &str = "already-draining";
 const DEFAULT_COORDINATION_DIR: &str = "auto";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,20 +147,6 @@ struct State {
     /// The resolved load source while started.
     source: Option<LoadSourceKind>,
     drain: Option<Drain>,
-}
-
-/// Everything a drain announcement carries (bus message fields).
-struct DrainNotice {
-    reason: EndReason,
-    load: f64,
-    threshold: f64,
-    trigger: &'static str,
-    source: &'static str,
-    /// CPUs used by the threads streaming through this element.
-    cpu: f64,
-    /// How far the victim choice reached, and how many were compared.
-    scope: Scope,
-    candidates: usize,
 }
 
 pub struct CpuGuard {
@@ -373,15 +358,15 @@ impl CpuGuard {
         if !self.is_member(id) {
             return false;
         }
-        let notice = DrainNotice {
+        let notice = messages::Drain {
             reason: EndReason::CpuLimit,
             load: victim.load,
             threshold: victim.threshold,
-            trigger: victim.trigger.as_str(),
-            source: source.as_str(),
+            trigger: victim.trigger.into(),
+            source: Some(source),
             cpu,
             scope,
-            candidates,
+            candidates: u32::try_from(candidates).unwrap_or(u32::MAX),
         };
         let (trigger, threshold) = (victim.trigger, victim.threshold);
         if dry_run {
@@ -391,7 +376,7 @@ impl CpuGuard {
                 "Dry run: would drain at load {:.3} ({trigger} threshold {threshold}, own CPU {cpu:.3})",
                 victim.load
             );
-            self.post_drain_message("cpuguard-would-drain", &notice);
+            self.post(notice.to_dry_run_structure());
             return true;
         }
         gst::info!(
@@ -406,39 +391,26 @@ impl CpuGuard {
     }
 
     fn post_load(&self, sample: &LoadSample, cpu: f64) {
-        let mut s = gst::Structure::builder("cpuguard-load")
-            .field("load", sample.load)
-            .field("source", sample.source.as_str())
-            .field("capacity", sample.capacity)
-            .field("cpu", cpu);
-        // Only where a CFS quota binds and its group was read twice.
-        if let Some(throttling) = sample.throttling {
-            s = s
-                .field("throttled-ratio", throttling.ratio)
-                .field("throttled-seconds", throttling.seconds)
-                .field("throttled-periods", throttling.periods);
-        }
-        let s = s.build();
-        let _ = self
-            .obj()
-            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+        self.post(
+            messages::Load {
+                load: sample.load,
+                source: sample.source,
+                capacity: sample.capacity,
+                cpu,
+                // Only where a CFS quota binds and its group was read twice.
+                throttled: sample.throttling.map(|t| messages::Throttled {
+                    ratio: t.ratio,
+                    seconds: t.seconds,
+                    periods: t.periods,
+                }),
+            }
+            .to_structure(),
+        );
     }
 
-    fn post_drain_message(&self, name: &str, notice: &DrainNotice) {
-        let s = gst::Structure::builder(name)
-            .field("reason", notice.reason.as_str())
-            .field("description", notice.reason.description())
-            .field("load", notice.load)
-            .field("threshold", notice.threshold)
-            .field("trigger", notice.trigger)
-            .field("source", notice.source)
-            .field("cpu", notice.cpu)
-            .field("scope", notice.scope.as_str())
-            .field(
-                "candidates",
-                u32::try_from(notice.candidates).unwrap_or(u32::MAX),
-            )
-            .build();
+    /// Posts an element message from this element; callers hold none of our
+    /// locks, since a sync bus handler may call back into the element.
+    fn post(&self, s: gst::Structure) {
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
@@ -447,20 +419,20 @@ impl CpuGuard {
     /// Tells the application that a drain it (or the load) asked for did not
     /// start, and why: `cpuguard-drain-refused` with the drain's `reason`, a
     /// `refusal` code and its `description`.
-    fn post_refusal(&self, reason: &EndReason, refusal: &str, description: &str) {
-        let s = gst::Structure::builder("cpuguard-drain-refused")
-            .field("reason", reason.as_str())
-            .field("refusal", refusal)
-            .field("description", description)
-            .build();
-        let _ = self
-            .obj()
-            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    fn post_refusal(&self, reason: &EndReason, refusal: Refusal, description: &str) {
+        self.post(
+            messages::DrainRefused {
+                reason: reason.clone(),
+                refusal,
+                description: description.to_owned(),
+            }
+            .to_structure(),
+        );
     }
 
     /// Starts the one drain this element may do. Returns false if one already ran.
     /// Never blocks: the EOS is sent from a GStreamer pool thread.
-    fn start_drain(&self, notice: DrainNotice) -> bool {
+    fn start_drain(&self, notice: messages::Drain) -> bool {
         let settings = self.settings();
         let obj = self.obj();
         let top = drain::top_level(obj.upcast_ref());
@@ -473,7 +445,7 @@ impl CpuGuard {
             );
             self.post_refusal(
                 &notice.reason,
-                REFUSED_ENDING,
+                Refusal::EndingByItself,
                 "the stream is ending by itself: every origin of the pipeline has sent its \
                  own EOS, and what is still queued flows to the sinks",
             );
@@ -490,7 +462,7 @@ impl CpuGuard {
                     notice.reason
                 );
                 drop(state);
-                self.post_refusal(&notice.reason, REFUSED_DRAINING, &text);
+                self.post_refusal(&notice.reason, Refusal::AlreadyDraining, &text);
                 return false;
             }
             state.drain = Some(Drain {
@@ -505,7 +477,7 @@ impl CpuGuard {
             });
         }
 
-        self.post_drain_message("cpuguard-drain", &notice);
+        self.post(notice.to_structure());
         let tags = crate::tags::end_reason_tags(notice.reason.as_str());
         let _ = obj.post_message(gst::message::Tag::builder(tags).src(&*obj).build());
 
@@ -560,17 +532,17 @@ impl CpuGuard {
             }
         };
         let settings = self.settings();
-        let source = lock(&self.state).source.map_or("none", |s| s.as_str());
+        let source = lock(&self.state).source;
         gst::info!(
             CAT,
             imp = self,
             "Drain requested by the application: {reason}"
         );
-        self.start_drain(DrainNotice {
+        self.start_drain(messages::Drain {
             reason,
             load: self.last_load(),
             threshold: settings.soft,
-            trigger: "request",
+            trigger: DrainTrigger::Request,
             source,
             cpu: f64::from_bits(self.last_cpu.load(Ordering::Relaxed)),
             scope: Scope::Request,
@@ -1173,13 +1145,14 @@ impl CpuGuard {
                     return;
                 };
                 gst::info!(CAT, obj = element, "{}", decision.describe());
-                let s = gst::Structure::builder("cpuguard-crash-safe")
-                    .field("element", &decision.element)
-                    .field("factory", &decision.factory)
-                    .field("action", decision.plan.action())
-                    .field("detail", decision.detail())
-                    .field("protected", decision.plan.protected())
-                    .build();
+                let s = messages::CrashSafe {
+                    element: decision.element.clone(),
+                    factory: decision.factory.clone(),
+                    action: (&decision.plan).into(),
+                    detail: decision.detail(),
+                    protected: decision.plan.protected(),
+                }
+                .to_structure();
                 // Called with no lock of ours held (see crashsafe::protect).
                 let _ =
                     element.post_message(gst::message::Element::builder(s).src(&element).build());

@@ -16,10 +16,26 @@ pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-/// Marks a muxer already handled, so that a second pass (two cpuguard
-/// elements, or the element and cpuguard-run) does not read our own settings
-/// as the user's.
-const HANDLED: &str = "cpuguard-crash-safe-handled";
+/// The muxers already handled in this process, so that a second pass (two
+/// cpuguard elements, or the element and cpuguard-run) does not read our own
+/// settings as the user's. Weak references: a muxer that goes away leaves no
+/// trace (and a new one at the same address is not taken for it).
+static HANDLED: Mutex<Vec<glib::WeakRef<gst::Element>>> = Mutex::new(Vec::new());
+
+fn handled(element: &gst::Element) -> bool {
+    let mut handled = HANDLED.lock().unwrap_or_else(|e| e.into_inner());
+    handled.retain(|weak| weak.upgrade().is_some());
+    handled
+        .iter()
+        .any(|weak| weak.upgrade().as_ref() == Some(element))
+}
+
+fn mark_handled(element: &gst::Element) {
+    HANDLED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(element.downgrade());
+}
 
 const NONE: u64 = u64::MAX;
 
@@ -132,8 +148,7 @@ fn path_name(element: &gst::Element) -> String {
 pub fn configure(element: &gst::Element, interval_ms: u32) -> Option<Decision> {
     let factory = element.factory()?.name().to_string();
     policy::Family::of(&factory)?;
-    // SAFETY: this key only ever holds a bool.
-    if unsafe { element.data::<bool>(HANDLED) }.is_some() {
+    if handled(element) {
         return None;
     }
     let interval_ms = interval_ms.clamp(policy::MIN_INTERVAL_MS, policy::MAX_INTERVAL_MS);
@@ -156,8 +171,7 @@ pub fn configure(element: &gst::Element, interval_ms: u32) -> Option<Decision> {
     } else {
         None
     };
-    // SAFETY: as above, a bool under this key.
-    unsafe { element.set_data(HANDLED, true) };
+    mark_handled(element);
     let received = Arc::new(AtomicU64::new(NONE));
     for pad in element.sink_pads() {
         watch_input(&pad, &received);
@@ -359,5 +373,22 @@ pub fn protect(
     Protection {
         decisions,
         watch: Some((bin.downgrade(), handler)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second pass over the same muxer does nothing (it would read our
+    /// own settings as the user's); another muxer is still handled.
+    #[test]
+    fn a_muxer_is_configured_once() {
+        gst::init().unwrap();
+        let mux = gst::ElementFactory::make("mp4mux").build().unwrap();
+        assert!(configure(&mux, 1000).is_some());
+        assert!(configure(&mux, 1000).is_none());
+        let other = gst::ElementFactory::make("mp4mux").build().unwrap();
+        assert!(configure(&other, 1000).is_some());
     }
 }

@@ -6,13 +6,14 @@
 //! checks) is never followed. Locks are `flock`s, which the kernel drops when
 //! the process dies: a SIGKILLed drainer never blocks the budget.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags, Stat};
+use rustix::io::Errno;
 
 use super::{
     BudgetId, DRAIN_LEN, DrainRecord, Entry, MAX_ENTRY_LEN, Rejection, drain_lock_name, entry_name,
@@ -49,44 +50,26 @@ pub enum DirError {
     },
 }
 
-fn cstr(name: &str) -> io::Result<CString> {
-    CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+fn fstat(fd: &impl AsFd) -> io::Result<Stat> {
+    Ok(rustix::fs::fstat(fd)?)
 }
 
-fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+/// Opens `name` in `dir`, never following a symlink there.
+fn openat(dir: &impl AsFd, name: &str, flags: OFlags, mode: u32) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )?)
 }
 
-fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
+fn is_dir(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory
 }
 
-fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: fd is open for the call; st is a valid out-pointer.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat succeeded and filled it.
-    Ok(unsafe { st.assume_init() })
-}
-
-fn openat(dir: &impl AsRawFd, name: &str, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    let name = cstr(name)?;
-    // SAFETY: name is NUL-terminated; the fd returned is owned below.
-    let fd = check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn is_file(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
 }
 
 /// The kind of lock, and whether to wait for it.
@@ -98,23 +81,21 @@ enum Lock {
 }
 
 /// `Ok(false)` when the lock is held by someone else.
-fn flock(fd: &impl AsRawFd, lock: Lock) -> io::Result<bool> {
+fn flock(fd: &impl AsFd, lock: Lock) -> io::Result<bool> {
     let op = match lock {
-        Lock::ExclusiveNow => libc::LOCK_EX | libc::LOCK_NB,
-        Lock::SharedNow => libc::LOCK_SH | libc::LOCK_NB,
-        Lock::Unlock => libc::LOCK_UN,
+        Lock::ExclusiveNow => FlockOperation::NonBlockingLockExclusive,
+        Lock::SharedNow => FlockOperation::NonBlockingLockShared,
+        Lock::Unlock => FlockOperation::Unlock,
     };
-    // SAFETY: plain syscall on an open descriptor.
-    match check(unsafe { libc::flock(fd.as_raw_fd(), op) }) {
-        Ok(_) => Ok(true),
-        Err(err) if err.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(false),
-        Err(err) => Err(err),
+    match rustix::fs::flock(fd, op) {
+        Ok(()) => Ok(true),
+        Err(Errno::WOULDBLOCK) => Ok(false),
+        Err(err) => Err(err.into()),
     }
 }
 
 pub fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// Checks an opened directory: ours, and writable by nobody else unless
@@ -131,7 +112,7 @@ fn check_dir(
         what: "stat it",
         err,
     })?;
-    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+    if !is_dir(&st) {
         return Err(DirError::NotADirectory(path.to_owned()));
     }
     // A group-shared directory may be root's (made by an admin or a mount).
@@ -172,41 +153,24 @@ fn open_dir_at(
         err,
     };
     let mode = if group_shared { 0o770 } else { 0o700 };
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let open = || -> io::Result<OwnedFd> {
-        let fd = match parent {
-            Some(parent) => {
-                let name = cstr(name)?;
-                // SAFETY: NUL-terminated name, open parent descriptor.
-                check(unsafe { libc::openat(parent.as_raw_fd(), name.as_ptr(), flags) })?
-            }
-            None => {
-                let cpath = cpath(path)?;
-                // SAFETY: NUL-terminated path.
-                check(unsafe { libc::open(cpath.as_ptr(), flags) })?
-            }
-        };
-        // SAFETY: fresh descriptor.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Ok(match parent {
+            Some(parent) => rustix::fs::openat(parent, name, flags, Mode::empty())?,
+            None => rustix::fs::open(path, flags, Mode::empty())?,
+        })
     };
     let mkdir = || -> io::Result<()> {
-        let r = match parent {
-            Some(parent) => {
-                let name = cstr(name)?;
-                // SAFETY: as above.
-                unsafe { libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), mode) }
-            }
-            None => {
-                let cpath = cpath(path)?;
-                // SAFETY: as above.
-                unsafe { libc::mkdir(cpath.as_ptr(), mode) }
-            }
+        let mode = Mode::from_raw_mode(mode);
+        let made = match parent {
+            Some(parent) => rustix::fs::mkdirat(parent, name, mode),
+            None => rustix::fs::mkdir(path, mode),
         };
-        match check(r) {
-            Ok(_) => Ok(()),
+        match made {
+            Ok(()) => Ok(()),
             // Another process made it meanwhile: fine, it is checked below.
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-            Err(err) => Err(err),
+            Err(Errno::EXIST) => Ok(()),
+            Err(err) => Err(err.into()),
         }
     };
     let fd = match open() {
@@ -215,10 +179,10 @@ fn open_dir_at(
             mkdir().map_err(|err| io_err("create it", err))?;
             open().map_err(|err| io_err("open it", err))?
         }
-        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+        Err(err) if err.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
             return Err(DirError::Symlink(path.to_owned()));
         }
-        Err(err) if err.raw_os_error() == Some(libc::ENOTDIR) => {
+        Err(err) if err.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
             // O_NOFOLLOW|O_DIRECTORY on a symlink to a directory gives ENOTDIR
             // on some kernels: tell the two apart.
             let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
@@ -283,7 +247,7 @@ impl CoordDir {
                     io::Error::from(io::ErrorKind::WouldBlock),
                 ));
             }
-            let fd = openat(&dir, &entry_name, libc::O_RDWR | libc::O_CREAT, 0o600)
+            let fd = openat(&dir, &entry_name, OFlags::RDWR | OFlags::CREATE, 0o600)
                 .map_err(|err| io_err("create our entry", err))?;
             // Exclusive while we live: readers test with LOCK_SH|LOCK_NB,
             // which fails until the kernel drops our lock at our death.
@@ -308,13 +272,13 @@ impl CoordDir {
         let drain = openat(
             &dir,
             &drain_lock_name(self.uid),
-            libc::O_RDWR | libc::O_CREAT,
+            OFlags::RDWR | OFlags::CREATE,
             0o600,
         )
         .map_err(|err| io_err("open the drain lock", err))?;
         let drain = File::from(drain);
         let st = fstat(&drain).map_err(|err| io_err("stat the drain lock", err))?;
-        if st.st_uid != self.uid || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if st.st_uid != self.uid || !is_file(&st) {
             return Err(DirError::Owner {
                 path: path.join(drain_lock_name(self.uid)),
                 owner: st.st_uid,
@@ -334,20 +298,8 @@ impl CoordDir {
     }
 }
 
-fn lstat_at(dir: &impl AsRawFd, name: &str) -> io::Result<libc::stat> {
-    let name = cstr(name)?;
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: valid name and out-pointer.
-    check(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: filled by fstatat.
-    Ok(unsafe { st.assume_init() })
+fn lstat_at(dir: &impl AsFd, name: &str) -> io::Result<Stat> {
+    Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
 /// One entry as found in the directory.
@@ -387,24 +339,14 @@ impl BudgetFiles {
     /// Every other process's entry, read and checked (but for freshness and
     /// ownership, which [`Entry::check`] judges).
     pub fn scan(&self, now_ms: u64) -> io::Result<Vec<Found>> {
-        let dup = self.dir.try_clone()?;
-        // SAFETY: fdopendir takes ownership of the duplicated descriptor.
-        let dirp = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
-        if dirp.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the stream starts where the shared offset is: rewind it.
-        unsafe { libc::rewinddir(dirp) };
+        // Reads a fresh descriptor of the directory, so from its start.
+        let mut dir = rustix::fs::Dir::read_from(&self.dir)?;
         let mut found = Vec::new();
-        loop {
-            // SAFETY: dirp is a valid open stream until closedir below.
-            let ent = unsafe { libc::readdir(dirp) };
-            if ent.is_null() {
-                break;
-            }
-            // SAFETY: d_name is NUL-terminated within the entry.
-            let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) };
-            let Ok(name) = name.to_str() else { continue };
+        while let Some(ent) = dir.read() {
+            let ent = ent?;
+            let Ok(name) = ent.file_name().to_str() else {
+                continue;
+            };
             let Some(pid) = pid_of_entry_name(name) else {
                 continue;
             };
@@ -413,8 +355,6 @@ impl BudgetFiles {
             }
             found.extend(self.read_entry(name, pid, now_ms));
         }
-        // SAFETY: closes the stream and its descriptor.
-        unsafe { libc::closedir(dirp) };
         Ok(found)
     }
 
@@ -426,9 +366,9 @@ impl BudgetFiles {
                 why,
             })
         };
-        let fd = match openat(&self.dir, name, libc::O_RDONLY | libc::O_NONBLOCK, 0) {
+        let fd = match openat(&self.dir, name, OFlags::RDONLY | OFlags::NONBLOCK, 0) {
             Ok(fd) => fd,
-            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+            Err(err) if err.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
                 return rejected(Rejection::NotAFile);
             }
             Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
@@ -437,7 +377,7 @@ impl BudgetFiles {
         let Ok(st) = fstat(&fd) else {
             return rejected(Rejection::Malformed);
         };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        if !is_file(&st) {
             return rejected(Rejection::NotAFile);
         }
         if st.st_uid != self.uid {
@@ -483,12 +423,10 @@ impl BudgetFiles {
         }
     }
 
-    fn unlink_if_same(&self, name: &str, st: &libc::stat) {
-        if lstat_at(&self.dir, name).is_ok_and(|now| now.st_ino == st.st_ino)
-            && let Ok(name) = cstr(name)
-        {
-            // SAFETY: valid name; failure is harmless.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), name.as_ptr(), 0) };
+    fn unlink_if_same(&self, name: &str, st: &Stat) {
+        if lstat_at(&self.dir, name).is_ok_and(|now| now.st_ino == st.st_ino) {
+            // Failure is harmless: the next scan tries again.
+            let _ = rustix::fs::unlinkat(&self.dir, name, AtFlags::empty());
         }
     }
 
@@ -658,6 +596,29 @@ mod tests {
         // B leaves: its entry goes with it.
         drop(b);
         assert!(a.scan(1_000_000).unwrap().is_empty());
+    }
+
+    /// A symlink planted as an entry is never followed (O_NOFOLLOW), even
+    /// to a well-formed entry of ours.
+    #[test]
+    fn symlinked_entry_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = CoordDir::open(&tmp.path().join("c"), false).unwrap();
+        let a = dir.join(&budget(), 301).unwrap();
+        let target = tmp.path().join("elsewhere");
+        std::fs::write(&target, entry(302, euid()).encode()).unwrap();
+        std::os::unix::fs::symlink(&target, a.path().join("302.entry")).unwrap();
+        let found = a.scan(1_000_000).unwrap();
+        assert!(
+            matches!(
+                found.as_slice(),
+                [Found::Rejected {
+                    why: Rejection::NotAFile,
+                    ..
+                }]
+            ),
+            "{found:?}"
+        );
     }
 
     #[test]
