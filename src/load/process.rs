@@ -15,6 +15,17 @@ pub fn process_cpu_seconds(paths: &HostPaths, pid: i32) -> Result<f64, LoadError
     cpu_seconds(&paths.pid_file(pid, "stat"))
 }
 
+/// utime+stime+cutime+cstime of `/proc/<pid>/stat`, in seconds: a process's
+/// CPU with the children it reaped, which is what `wait4`'s rusage reports.
+/// Read from an exited, not yet reaped child, it is that child's whole CPU.
+pub fn process_and_reaped_cpu_seconds(paths: &HostPaths, pid: i32) -> Result<f64, LoadError> {
+    let path = paths.pid_file(pid, "stat");
+    let mut buf = String::new();
+    read_into(&path, &mut buf)?;
+    let ticks = sum_cpu_fields(&buf, 4).map_err(|d| LoadError::malformed(&path, d))?;
+    Ok(ticks as f64 / ticks_per_second()?)
+}
+
 /// utime+stime of one thread, `/proc/<pid>/task/<tid>/stat`, in seconds.
 pub fn thread_cpu_seconds(paths: &HostPaths, pid: i32, tid: i32) -> Result<f64, LoadError> {
     cpu_seconds(&paths.task_file(pid, tid, "stat"))
@@ -75,25 +86,34 @@ pub(crate) fn ticks_per_second() -> Result<f64, LoadError> {
     }
 }
 
-/// Fields 14 and 15 (utime, stime). The command name (field 2) is in
-/// parentheses and may hold spaces and `)`, so fields are counted from the
-/// last `)`.
+/// Fields 14 and 15 (utime, stime).
 pub(crate) fn parse_cpu_ticks(stat: &str) -> Result<u64, String> {
+    sum_cpu_fields(stat, 2)
+}
+
+/// The sum of the first `count` of fields 14–17 (utime, stime, cutime,
+/// cstime). The command name (field 2) is in parentheses and may hold spaces
+/// and `)`, so fields are counted from the last `)`.
+fn sum_cpu_fields(stat: &str, count: usize) -> Result<u64, String> {
+    const NAMES: [&str; 4] = ["utime", "stime", "cutime", "cstime"];
     let (_, after_comm) = stat
         .rsplit_once(')')
         .ok_or("no `)` after the command name")?;
     // after_comm starts at field 3 (state): utime is the 12th field from there.
     let mut fields = after_comm.split_whitespace().skip(11);
-    let (Some(utime), Some(stime)) = (fields.next(), fields.next()) else {
-        return Err("fewer than 15 fields".to_owned());
-    };
-    let parse = |name: &str, text: &str| {
-        text.parse::<u64>()
-            .map_err(|_| format!("bad {name} {text:?}"))
-    };
-    parse("utime", utime)?
-        .checked_add(parse("stime", stime)?)
-        .ok_or_else(|| "utime + stime overflows".to_owned())
+    let mut total = 0u64;
+    for name in &NAMES[..count] {
+        let text = fields
+            .next()
+            .ok_or_else(|| format!("fewer than {} fields", 13 + count))?;
+        let ticks = text
+            .parse::<u64>()
+            .map_err(|_| format!("bad {name} {text:?}"))?;
+        total = total
+            .checked_add(ticks)
+            .ok_or_else(|| format!("the CPU fields overflow at {name}"))?;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -105,6 +125,18 @@ mod tests {
     #[test]
     fn sums_utime_and_stime() {
         assert_eq!(parse_cpu_ticks(STAT), Ok(300));
+    }
+
+    #[test]
+    fn reaped_children_add_cutime_and_cstime() {
+        let stat = STAT.replace(" 250 50 0 0 ", " 250 50 7 3 ");
+        assert_eq!(sum_cpu_fields(&stat, 4), Ok(310));
+        assert_eq!(parse_cpu_ticks(&stat), Ok(300));
+        let short = "1 (x) R 1 1 1 0 -1 0 0 0 0 0 250 50 7\n";
+        assert_eq!(
+            sum_cpu_fields(short, 4),
+            Err("fewer than 17 fields".to_owned())
+        );
     }
 
     #[test]

@@ -112,15 +112,14 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>, String> {
         .read(true)
         // Symlinks are followed: a Kubernetes Secret volume is one (..data/);
         // the checks below are on what was opened. O_NONBLOCK: a FIFO never hangs us.
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|err| name(err.to_string()))?;
     let meta = file.metadata().map_err(|err| name(err.to_string()))?;
     if !meta.is_file() {
         return Err(name("not a regular file".to_owned()));
     }
-    // SAFETY: geteuid cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         return Err(name(format!(
             "owned by uid {}, not by this user or root",

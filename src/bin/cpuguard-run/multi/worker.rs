@@ -102,38 +102,37 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("worker-{id}-wait"))
         .spawn(move || {
-            if let Some((status, cpu_s)) = reap(pid) {
-                let _ = tx.send(Event::Exited(id, status, Some(cpu_s)));
-            } else if let Ok(status) = child.wait() {
-                let _ = tx.send(Event::Exited(id, status, None));
+            if let Ok((status, cpu_s)) = reap(&mut child) {
+                let _ = tx.send(Event::Exited(id, status, cpu_s));
             }
         })?;
     Ok(pid)
 }
 
-/// Waits for `pid` with `wait4`, which also gives its rusage: the CPU
-/// seconds (user + system) the worker used, with the children it reaped.
-/// `None` if the wait failed (the caller then waits the ordinary way).
-fn reap(pid: i32) -> Option<(ExitStatus, f64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data, zeroed is a valid value; wait4 writes it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: valid pointers to locals; pid is our own child.
-        let got = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        if got == pid {
-            break;
+/// Waits for the worker to exit without reaping it (`waitid` with
+/// `WNOWAIT`), reads the CPU seconds (user + system, with the children it
+/// reaped: what `wait4`'s rusage gives) from its zombie's `/proc` stat, then
+/// reaps it. The CPU is `None` when it could not be read; the exit status is
+/// always the one `wait` gives.
+fn reap(child: &mut std::process::Child) -> std::io::Result<(ExitStatus, Option<f64>)> {
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let exited = loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other.is_ok(),
         }
-        if got == -1 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-            continue;
-        }
-        return None;
-    }
-    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Some((
-        ExitStatus::from_raw(status),
-        seconds(usage.ru_utime) + seconds(usage.ru_stime),
-    ))
+    };
+    let cpu = exited
+        .then(|| {
+            gstcpuguard::load::process_and_reaped_cpu_seconds(
+                &gstcpuguard::load::HostPaths::default(),
+                pid.as_raw(),
+            )
+            .ok()
+        })
+        .flatten();
+    Ok((child.wait()?, cpu))
 }
 
 /// The worker's result: the last JSON line it printed, if it got that far.
