@@ -211,7 +211,25 @@ impl LoadMeter {
             }
             other => (other, None),
         };
-        let (counter, what) = match source {
+        // Each source: what it counts, how capacity is known, which cgroup
+        // directories a rescan must watch, and the words that describe it.
+        let process_limits = |cpu_cgroup: Result<CpuCgroup, LoadError>, what: String| {
+            // Process and psi: capacity still honours the cgroup quota when known.
+            match cpu_cgroup {
+                Ok(c) => {
+                    let what = format!("{what}; quota chain of {}", c.describe());
+                    let limits = Limits::process(paths, pid, Some(c.quota))
+                        .with_request(request)
+                        .with_shares(c.shares);
+                    (limits, what)
+                }
+                Err(err) => (
+                    Limits::process(paths, pid, None).with_request(request),
+                    format!("{what}; no cgroup quota known ({err})"),
+                ),
+            }
+        };
+        let (counter, limits, what, cgroup_dirs) = match source {
             // This very process on the real host: its CPU clock, exact to
             // the nanosecond, where /proc counts whole 10 ms ticks (steps of
             // 0.025 at interval=200, and sometimes 0).
@@ -219,19 +237,32 @@ impl LoadMeter {
                 if paths.root == Path::new("/")
                     && u32::try_from(pid).ok() == Some(std::process::id()) =>
             {
-                let what = "CPU time of this process from its CPU clock \
-                            (CLOCK_PROCESS_CPUTIME_ID)"
-                    .to_owned();
-                (Counter::OwnProcessClock, what)
+                let (limits, what) = process_limits(
+                    cpu_cgroup,
+                    "CPU time of this process from its CPU clock (CLOCK_PROCESS_CPUTIME_ID)"
+                        .to_owned(),
+                );
+                (Counter::OwnProcessClock, limits, what, cgroup_dirs)
             }
             LoadSourceKind::Process => {
                 let stat = paths.pid_file(pid, "stat");
-                let what = format!("CPU time of pid {pid} from {}", stat.display());
+                let (limits, what) = process_limits(
+                    cpu_cgroup,
+                    format!("CPU time of pid {pid} from {}", stat.display()),
+                );
                 let counter = Counter::Process {
                     stat: HostFile::new(paths, stat),
                     ticks_per_second: process::ticks_per_second()?,
                 };
-                (counter, what)
+                (counter, limits, what, cgroup_dirs)
+            }
+            LoadSourceKind::Psi => {
+                let pressure = psi::locate(paths, cgroups.as_ref())?;
+                let (limits, what) = process_limits(
+                    cpu_cgroup,
+                    format!("`some` stall time from {}", pressure.display()),
+                );
+                (Counter::Psi { pressure }, limits, what, cgroup_dirs)
             }
             LoadSourceKind::Cgroup => {
                 let cpu_cgroup = cpu_cgroup?;
@@ -247,56 +278,18 @@ impl LoadMeter {
                 let limits = Limits::process(paths, pid, Some(quota))
                     .with_request(request)
                     .with_shares(shares);
-                let counter = Counter::Cgroup(usage);
-                return Self::start(
-                    origin,
-                    cgroup_dirs,
-                    source,
-                    counter,
-                    limits,
-                    what,
-                    why,
-                    buf,
-                    now,
-                );
-            }
-            LoadSourceKind::Psi => {
-                let pressure = psi::locate(paths, cgroups.as_ref())?;
-                let what = format!("`some` stall time from {}", pressure.display());
-                (Counter::Psi { pressure }, what)
+                (Counter::Cgroup(usage), limits, what, cgroup_dirs)
             }
             LoadSourceKind::System | LoadSourceKind::Auto => {
                 let stat = paths.proc_file("stat");
                 let what = format!("host busy/idle time from {}", stat.display());
-                let limits = Limits::host(paths);
                 let counter = Counter::System {
                     stat: HostFile::new(paths, stat),
                 };
                 // Host figures do not depend on any cgroup.
-                return Self::start(
-                    origin,
-                    Vec::new(),
-                    source,
-                    counter,
-                    limits,
-                    what,
-                    why,
-                    buf,
-                    now,
-                );
+                (counter, Limits::host(paths), what, Vec::new())
             }
         };
-        // Process and psi: capacity still honours the cgroup quota when known.
-        let (quota, shares, what) = match cpu_cgroup {
-            Ok(cpu_cgroup) => {
-                let what = format!("{what}; quota chain of {}", cpu_cgroup.describe());
-                (Some(cpu_cgroup.quota), cpu_cgroup.shares, what)
-            }
-            Err(err) => (None, None, format!("{what}; no cgroup quota known ({err})")),
-        };
-        let limits = Limits::process(paths, pid, quota)
-            .with_request(request)
-            .with_shares(shares);
         Self::start(
             origin,
             cgroup_dirs,
