@@ -22,10 +22,9 @@ use super::mountinfo::{parse_cgroup_mounts, parse_proc_cgroup};
 use super::proc_stat::parse_cpu_times;
 use super::process::parse_cpu_ticks;
 use super::psi::parse_some_total;
+use super::tests::{PID, copy_tree, fixture};
 use super::throttle::parse_cpu_stat;
 use super::{HostPaths, LoadMeter, LoadSourceKind};
-
-const PID: i32 = 4242;
 
 /// One parser, a real file it accepts, and the check of what it returns.
 struct Parser {
@@ -361,27 +360,6 @@ fn token_spans(text: &str) -> Vec<(usize, usize)> {
 
 // ------------------------------------------------------------- meters
 
-fn fixture(host: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/hosts")
-        .join(host)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// What a meter made of a host whose `target` file holds `content`: the
-/// start-up error, or every sample's result.
 fn meter_with(parser: &Parser, content: &[u8], write_after_start: bool) -> MeterOutcome {
     let (host, rel, kind) = parser.target;
     let dir = tempfile::tempdir().unwrap();

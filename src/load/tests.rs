@@ -9,9 +9,9 @@ use tempfile::TempDir;
 
 use super::*;
 
-const PID: i32 = 4242;
+pub(super) const PID: i32 = 4242;
 
-fn fixture(name: &str) -> PathBuf {
+pub(super) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hosts")
         .join(name)
@@ -59,7 +59,7 @@ impl Host {
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub(super) fn copy_tree(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
     for entry in fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
