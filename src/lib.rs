@@ -11,6 +11,7 @@ pub mod load;
 pub mod messages;
 pub mod policy;
 pub mod reason;
+pub mod settings;
 pub mod tags;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

@@ -64,12 +64,17 @@ pub struct PolicyConfig {
 /// soft.
 pub const DEFAULT_RELEASE: u32 = 2;
 
+/// LiveKit Egress's thresholds: drain at 0.85 held, at once at 0.95.
+pub const DEFAULT_SOFT: f64 = 0.85;
+pub const DEFAULT_HARD: f64 = 0.95;
+pub const DEFAULT_HOLD: u32 = 3;
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
-            soft: 0.85,
-            hard: 0.95,
-            hold: 3,
+            soft: DEFAULT_SOFT,
+            hard: DEFAULT_HARD,
+            hold: DEFAULT_HOLD,
             release: DEFAULT_RELEASE,
         }
     }

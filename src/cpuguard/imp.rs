@@ -27,20 +27,11 @@ pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_SOFT: f64 = 0.85;
-const DEFAULT_HARD: f64 = 0.95;
-const DEFAULT_HOLD: u32 = 3;
-const DEFAULT_INTERVAL_MS: u32 = 1000;
-const MIN_INTERVAL_MS: u32 = 10;
-const DEFAULT_DRAIN_TIMEOUT_MS: u32 = 30_000;
-const DEFAULT_ROOT: &str = "/";
-/// Off: crash safety changes what other elements write (a fragmented MP4, an
-/// unbuffered filesink), which an application must choose; its cost is small
-/// (BENCHMARKS.md, README "Crash safety"). cpuguard-run turns it on.
-const DEFAULT_CRASH_SAFE: bool = false;
-
-/// `refusal` codes of `cpuguard-drain-refused`.
-const DEFAULT_COORDINATION_DIR: &str = "auto";
+use crate::policy::{DEFAULT_HARD, DEFAULT_HOLD, DEFAULT_SOFT};
+use crate::settings::{
+    DEFAULT_COORDINATION_DIR, DEFAULT_DRAIN_TIMEOUT_MS, DEFAULT_INTERVAL_MS, DEFAULT_ROOT,
+    MIN_INTERVAL_MS,
+};
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -78,7 +69,7 @@ impl Default for Settings {
             drain_non_live: false,
             root: DEFAULT_ROOT.to_owned(),
             cpu_request: 0.0,
-            crash_safe: DEFAULT_CRASH_SAFE,
+            crash_safe: false,
             crash_safe_interval_ms: crate::crashsafe::DEFAULT_INTERVAL_MS,
             coordination_dir: DEFAULT_COORDINATION_DIR.to_owned(),
             coordination_group_shared: false,
@@ -591,195 +582,7 @@ impl ObjectSubclass for CpuGuard {
 
 impl ObjectImpl for CpuGuard {
     fn properties() -> &'static [glib::ParamSpec] {
-        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
-            vec![
-                glib::ParamSpecDouble::builder("soft-threshold")
-                    .nick("Soft threshold")
-                    .blurb(
-                        "Load (0-1, share of capacity) that, held for `hold` consecutive samples, \
-                         drains the pipeline with reason cpu-limit (trigger soft); must not be \
-                         above hard-threshold",
-                    )
-                    .minimum(0.0)
-                    .maximum(1.0)
-                    .default_value(DEFAULT_SOFT)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecDouble::builder("hard-threshold")
-                    .nick("Hard threshold")
-                    .blurb(
-                        "Load (0-1, share of capacity) that drains the pipeline at the first \
-                         sample reaching it, without waiting for hold (trigger hard)",
-                    )
-                    .minimum(0.0)
-                    .maximum(1.0)
-                    .default_value(DEFAULT_HARD)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("hold")
-                    .nick("Hold")
-                    .blurb(
-                        "Consecutive samples (1-100000) at or above soft-threshold before \
-                         draining; the time held is hold x interval",
-                    )
-                    .minimum(1)
-                    .maximum(100_000)
-                    .default_value(DEFAULT_HOLD)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("release")
-                    .nick("Release")
-                    .blurb(
-                        "Consecutive samples (1-100000) below soft-threshold before the above-soft \
-                         count resets (hysteresis: 1 = any low sample resets, 2 = one low sample \
-                         among high ones does not; LiveKit Egress uses 5)",
-                    )
-                    .minimum(1)
-                    .maximum(100_000)
-                    .default_value(DEFAULT_RELEASE)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("interval")
-                    .nick("Interval")
-                    .blurb(
-                        "Sampling period in milliseconds (10 ms to 1 h); each sample is the \
-                         load over the last period",
-                    )
-                    .minimum(MIN_INTERVAL_MS)
-                    .maximum(3_600_000)
-                    .default_value(DEFAULT_INTERVAL_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("load-source", LoadSource::default())
-                    .nick("Load source")
-                    .blurb(
-                        "Where CPU load is measured: auto (cgroup when the process has a CPU \
-                         quota, else system), process, cgroup, system or psi",
-                    )
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("drain-timeout")
-                    .nick("Drain timeout")
-                    .blurb(
-                        "Milliseconds a drain may take before the element posts an ERROR \
-                         (stream error \"Drain did not complete within drain-timeout\"); \
-                         0 = wait forever",
-                    )
-                    .minimum(0)
-                    .maximum(u32::MAX)
-                    .default_value(DEFAULT_DRAIN_TIMEOUT_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("dry-run")
-                    .nick("Dry run")
-                    .blurb(
-                        "Measure and report (a cpuguard-would-drain message where a drain would \
-                         start) but never drain on load; the drain action still drains",
-                    )
-                    .default_value(false)
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecBoolean::builder("drain-non-live")
-                    .nick("Drain non-live pipelines")
-                    .blurb(
-                        "Let load drain a pipeline that is not live (a render or a transcode, \
-                         which uses all the CPU by design; live = the pipeline's latency query \
-                         says live, i.e. some live source feeds a sink). Off: such a pipeline is \
-                         measured and reported, and a WARNING says once that load will not \
-                         drain it; the drain action and cpuguard-run's SIGTERM still drain it",
-                    )
-                    .default_value(false)
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecDouble::builder("load")
-                    .nick("Load")
-                    .blurb(
-                        "Last load sample, as a share of capacity (0 before the first sample; \
-                         can exceed 1 when saturated)",
-                    )
-                    .minimum(0.0)
-                    .maximum(f64::MAX)
-                    .default_value(0.0)
-                    .read_only()
-                    .build(),
-                glib::ParamSpecString::builder("root")
-                    .nick("Root")
-                    .blurb(
-                        "Directory under which /proc and /sys are read (a host mount in a \
-                         container, test fixtures); the element's own thread CPU always comes \
-                         from this process's /proc",
-                    )
-                    .default_value(Some(DEFAULT_ROOT))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecDouble::builder("cpu-request")
-                    .nick("CPU request")
-                    .blurb(
-                        "CPUs this workload was promised (a Kubernetes CPU request; 0 = unset): \
-                         the capacity load is measured against when there is no CPU quota \
-                         (a quota always wins); with it, load-source auto follows the cgroup \
-                         instead of the whole host. Unset, a cgroup under kubepods gives its \
-                         request through cpu.shares (v1) or cpu.weight (v2), re-read at every \
-                         sample; this overrides it",
-                    )
-                    .minimum(0.0)
-                    .maximum(f64::from(u32::MAX))
-                    .default_value(0.0)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("crash-safe")
-                    .nick("Crash safe")
-                    .blurb(
-                        "When the element starts, configure the pipeline's MP4/MOV muxers \
-                         (also inside splitmuxsink) and the filesinks they write to so that a \
-                         kill at any moment (SIGKILL, OOM killer, crash, a drain that never \
-                         finishes) leaves a file playable to within crash-safe-interval: \
-                         fragmented MP4, unbuffered filesink. A muxer or sink whose layout or \
-                         buffering the pipeline set is left alone. One cpuguard-crash-safe \
-                         message per muxer says what was done",
-                    )
-                    .default_value(DEFAULT_CRASH_SAFE)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("crash-safe-interval")
-                    .nick("Crash-safe interval")
-                    .blurb(
-                        "With crash-safe: how much of the recording a kill may lose at most, \
-                         in milliseconds (MP4 fragments are a quarter of it)",
-                    )
-                    .minimum(crate::crashsafe::MIN_INTERVAL_MS)
-                    .maximum(crate::crashsafe::MAX_INTERVAL_MS)
-                    .default_value(crate::crashsafe::DEFAULT_INTERVAL_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("coordination-dir")
-                    .nick("Coordination directory")
-                    .blurb(
-                        "Directory through which cpuguards of other processes judging the same \
-                         CPU budget (the host for load-source system, a cgroup for cgroup) \
-                         drain one at a time, the heaviest process first: auto = /run/cpuguard \
-                         for root, else $XDG_RUNTIME_DIR/cpuguard, else /tmp/cpuguard-<uid> \
-                         ($CPUGUARD_COORDINATION_DIR, when set, overrides auto); \
-                         none (or empty) = coordinate within this process only; else an \
-                         absolute path. It must be ours and mode 0700 (see \
-                         coordination-group-shared); when it cannot be used, a warning and \
-                         in-process coordination",
-                    )
-                    .default_value(Some(DEFAULT_COORDINATION_DIR))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("coordination-group-shared")
-                    .nick("Group-shared coordination directory")
-                    .blurb(
-                        "Accept a coordination-dir that the group may write to (not others), \
-                         owned by us or root: for processes of several users; each user's \
-                         processes still only coordinate among themselves",
-                    )
-                    .default_value(false)
-                    .mutable_ready()
-                    .build(),
-            ]
-        });
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(super::properties::specs);
         PROPERTIES.as_ref()
     }
 
@@ -832,7 +635,7 @@ impl ObjectImpl for CpuGuard {
                     .unwrap_or_else(|| DEFAULT_ROOT.to_owned())
             }
             "cpu-request" => settings.cpu_request = value.get().unwrap_or(0.0),
-            "crash-safe" => settings.crash_safe = value.get().unwrap_or(DEFAULT_CRASH_SAFE),
+            "crash-safe" => settings.crash_safe = value.get().unwrap_or(false),
             "crash-safe-interval" => {
                 settings.crash_safe_interval_ms =
                     value.get().unwrap_or(crate::crashsafe::DEFAULT_INTERVAL_MS)

@@ -9,6 +9,7 @@ mod direct;
 pub mod drain;
 mod imp;
 mod monitor;
+mod properties;
 mod sampler;
 mod threads;
 
