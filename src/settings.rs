@@ -89,7 +89,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         while_playing: false,
         option: Some(CliOption {
-            help: "Load (share of capacity, 0-1) that, held for --hold samples, drains",
+            help: "Load (share of capacity) that, held for --hold samples, drains",
             value_name: "LOAD",
             env: None,
         }),
@@ -104,7 +104,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         while_playing: false,
         option: Some(CliOption {
-            help: "Load (0-1) that drains at once",
+            help: "Load (share of capacity) that drains at once",
             value_name: "LOAD",
             env: None,
         }),
@@ -387,6 +387,7 @@ impl Setting {
         match self.kind {
             Kind::Ratio { .. } => Some("(0-1)".to_owned()),
             Kind::Count { min, max, .. } => Some(format!("({min}-{max})")),
+            Kind::Millis { min: 0, max, .. } if max == u32::MAX => None,
             Kind::Millis { min, max, .. } if max == u32::MAX => {
                 Some(format!("(at least {min} ms)"))
             }

@@ -1,18 +1,16 @@
 //! The command line: options that override cpuguard's settings, then the
-//! pipeline description. Help texts, defaults and ranges come from the element
-//! (see [`Spec`]), thresholds are checked by the shared policy rules.
+//! pipeline description. The settings' options, help texts, defaults, ranges
+//! and checks come from the settings table (`gstcpuguard::settings`), which
+//! the element's properties are also made from.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
-use clap::{CommandFactory, FromArgMatches, Parser};
-use gstcpuguard::load::{CpuRequest, CpuRequestError};
-use gstcpuguard::policy::PolicyConfig;
-
-use crate::guard::{Overrides, Spec, UIntSpec};
+use clap::{Arg, ArgAction, CommandFactory, FromArgMatches, Parser};
+use gstcpuguard::load::LoadSourceKind;
+use gstcpuguard::settings::{CliOption, Given, Kind, SETTINGS, Setting, Value, parse_millis};
 
 const ABOUT: &str = "Run a GStreamer pipeline and turn signals into the right ending";
 
@@ -62,81 +60,10 @@ Example:
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// Load (share of capacity, 0-1) that, held for --hold samples, drains
-    #[arg(long, value_name = "LOAD")]
-    pub soft_threshold: Option<f64>,
-
-    /// Load (0-1) that drains at once
-    #[arg(long, value_name = "LOAD")]
-    pub hard_threshold: Option<f64>,
-
-    /// Consecutive samples at or above --soft-threshold before draining
-    #[arg(long, value_name = "SAMPLES")]
-    pub hold: Option<u32>,
-
-    /// Sampling period
-    #[arg(long, value_name = "MS")]
-    pub interval: Option<u32>,
-
-    /// Where load is measured
-    #[arg(long, value_name = "SOURCE")]
-    pub load_source: Option<String>,
-
-    /// How long a drain may take
-    #[arg(long, value_name = "MS")]
-    pub drain_timeout: Option<u32>,
-
-    /// Measure and report but never drain on load (signals still drain)
-    #[arg(long)]
-    pub dry_run: bool,
-
-    /// Let load drain a pipeline that is not live (a render or a transcode,
-    /// which uses all the CPU by design); without it only live pipelines are
-    /// drained on load (SIGTERM drains any)
-    #[arg(long)]
-    pub drain_non_live: bool,
-
-    /// Consecutive samples below --soft-threshold before the above-soft count resets
-    #[arg(long, value_name = "SAMPLES")]
-    pub release: Option<u32>,
-
-    /// Read /proc and /sys under DIR (host mounts, test fixtures); in
-    /// multi-pipeline mode for every worker's load (never for process CPU)
-    #[arg(long, value_name = "DIR")]
-    pub root: Option<PathBuf>,
-
-    /// CPUs this run was promised, as a Kubernetes CPU quantity ("500m",
-    /// "0.5", "2"): the capacity load is measured against when there is no
-    /// CPU quota (a quota always wins); with it, load-source auto follows the
-    /// cgroup instead of the whole host. Overrides the request a cgroup under
-    /// kubepods gives through cpu.shares or cpu.weight, which is followed
-    /// (re-read at every sample) when this is unset. Sets the elements' cpu-request
-    #[arg(
-        long,
-        value_name = "CPUS",
-        env = "CPUGUARD_CPU_REQUEST",
-        value_parser = cpu_request,
-        allow_hyphen_values = true
-    )]
-    pub cpu_request: Option<CpuRequest>,
-
-    /// Directory through which cpuguards of separate processes judging the
-    /// same CPU budget drain one at a time, the heaviest first: `auto`, an
-    /// absolute path, or `none` (coordinate within this process only). Sets
-    /// the elements' coordination-dir; multi-pipeline mode defaults to a
-    /// directory private to the run
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "CPUGUARD_COORDINATION_DIR",
-        value_parser = coordination_dir
-    )]
-    pub coordination_dir: Option<String>,
-
-    /// Accept a group-writable --coordination-dir (owned by us or root, not
-    /// world-writable). Sets the elements' coordination-group-shared
-    #[arg(long)]
-    pub coordination_group_shared: bool,
+    /// The cpuguard settings given, one option each, made from the settings
+    /// table (see [`setting_arg`]).
+    #[arg(skip)]
+    pub settings: Given,
 
     /// Run DESC in its own worker process (repeat for more): multi-pipeline mode
     #[arg(long = "pipeline", value_name = "DESC", conflicts_with = "pipeline")]
@@ -256,24 +183,6 @@ pub struct Cli {
 }
 
 impl Cli {
-    pub fn overrides(&self) -> Overrides {
-        Overrides {
-            soft_threshold: self.soft_threshold,
-            hard_threshold: self.hard_threshold,
-            hold: self.hold,
-            interval: self.interval,
-            load_source: self.load_source.clone(),
-            drain_timeout: self.drain_timeout,
-            dry_run: self.dry_run,
-            drain_non_live: self.drain_non_live,
-            release: self.release,
-            root: self.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
-            cpu_request: self.cpu_request,
-            coordination_dir: self.coordination_dir.clone(),
-            coordination_group_shared: self.coordination_group_shared,
-        }
-    }
-
     /// The crash-safety bound in ms, `None` when crash safety is off.
     pub fn crash_safe(&self) -> Option<u32> {
         (!self.no_crash_safe).then_some(self.crash_safe_interval)
@@ -316,14 +225,25 @@ impl Cli {
 
 /// Parses `args` (program name first). Help, version and usage errors come
 /// back as `clap::Error`, which prints itself and knows its exit code.
-pub fn parse<I, T>(spec: &Spec, args: I) -> Result<Cli, clap::Error>
+pub fn parse<I, T>(args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut command = command(spec);
+    let mut command = command();
     let matches = command.try_get_matches_from_mut(args)?;
-    let cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(|err| err.format(&mut command))?;
+    for setting in SETTINGS.iter().filter(|s| s.option.is_some()) {
+        let value = match setting.kind {
+            Kind::Flag { .. } => matches.get_flag(setting.name).then_some(Value::Flag(true)),
+            _ => matches.get_one::<Value>(setting.name).cloned(),
+        };
+        if let Some(value) = value {
+            cli.settings
+                .set(setting.name, value)
+                .map_err(|err| command.error(clap::error::ErrorKind::InvalidValue, err))?;
+        }
+    }
     // An option after the pipeline would be read as part of it, and the
     // parser's complaint ("missing elements: report") says nothing useful.
     let options: Vec<String> = command
@@ -351,120 +271,47 @@ where
     Ok(cli)
 }
 
-/// The clap command with help, defaults and value checks taken from `spec`.
-pub fn command(spec: &Spec) -> clap::Command {
-    let sources: Vec<PossibleValue> = spec
-        .load_sources
-        .iter()
-        // Leaked once per process: clap wants 'static names and there are five.
-        .map(|nick| PossibleValue::new(&*Box::leak(nick.clone().into_boxed_str())))
-        .collect();
-    let (hold, interval, drain) = (spec.hold, spec.interval, spec.drain_timeout);
-    // An element without the property still gets a checked value, and a
-    // clear error when it is applied (see `Overrides::apply`).
-    let release = spec.release.unwrap_or(UIntSpec {
-        min: 1,
-        max: 100_000,
-        default: 1,
-    });
+/// The clap command: the options of this file, and one per setting of the
+/// settings table, with its help, range, default and check.
+pub fn command() -> clap::Command {
     Cli::command()
         .after_help(format!("{}\n\n{EXAMPLE}", crate::exit::HELP))
-        .mut_arg("soft_threshold", |arg| {
-            arg.value_parser(threshold("soft-threshold")).help(format!(
-                "Load (share of capacity, 0-1) that, held for --hold samples, drains \
-                     [element default: {}]",
-                spec.soft_default
-            ))
-        })
-        .mut_arg("hard_threshold", |arg| {
-            arg.value_parser(threshold("hard-threshold")).help(format!(
-                "Load (0-1) that drains at once [element default: {}]",
-                spec.hard_default
-            ))
-        })
-        .mut_arg("hold", |arg| {
-            arg.value_parser(count("hold", hold)).help(format!(
-                "Consecutive samples at or above --soft-threshold before draining \
-                 ({}-{}) [element default: {}]",
-                hold.min, hold.max, hold.default
-            ))
-        })
-        .mut_arg("interval", |arg| {
-            arg.value_parser(millis("interval", interval)).help(format!(
-                "Sampling period: milliseconds, or a duration such as 500ms or 2s \
-                 (at least {} ms) [element default: {}]",
-                interval.min, interval.default
-            ))
-        })
-        .mut_arg("load_source", |arg| {
-            arg.value_parser(PossibleValuesParser::new(sources))
-                .help(format!(
-                    "Where load is measured [element default: {}]",
-                    spec.load_source_default
-                ))
-        })
-        .mut_arg("release", |arg| {
-            arg.value_parser(count("release", release)).help(format!(
-                "Consecutive samples below --soft-threshold before the above-soft count \
-                 resets: hysteresis, LiveKit Egress uses 5 ({}-{}) [element default: {}]",
-                release.min,
-                release.max,
-                match spec.release {
-                    Some(r) => r.default.to_string(),
-                    None => "none: this cpuguard has no release property".to_owned(),
-                }
-            ))
-        })
-        .mut_arg("drain_timeout", |arg| {
-            arg.value_parser(millis("drain-timeout", drain))
-                .help(format!(
-                    "How long a drain (SIGTERM, SIGHUP or CPU limit) may take before the run \
-                 is abandoned as FAILED: milliseconds, or a duration such as 30s; 0 waits \
-                 forever. Also sets the elements' drain-timeout [default: the elements' \
-                 drain-timeout, {} ms unless the pipeline sets it]",
-                    drain.default
-                ))
-        })
+        .args(
+            SETTINGS
+                .iter()
+                .filter_map(|s| s.option.map(|option| setting_arg(s, option))),
+        )
 }
 
-/// A threshold: a number the shared policy accepts (0-1, not NaN). The other
-/// threshold is set to the value that can never conflict, so only the range
-/// is checked here; soft above hard is checked once both are known.
-fn threshold(name: &'static str) -> impl TypedValueParser<Value = f64> {
-    move |text: &str| -> Result<f64, String> {
-        let value: f64 = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name} must be a number between 0 and 1, got {text:?}"))?;
-        let config = if name == "soft-threshold" {
-            PolicyConfig {
-                soft: value,
-                hard: 1.0,
-                ..PolicyConfig::default()
-            }
-        } else {
-            PolicyConfig {
-                soft: 0.0,
-                hard: value,
-                ..PolicyConfig::default()
-            }
-        };
-        config.validate().map_err(|err| err.to_string())?;
-        Ok(value)
+/// `--NAME`, for a setting cpuguard-run sets on every element.
+fn setting_arg(setting: &'static Setting, option: CliOption) -> Arg {
+    let arg = Arg::new(setting.name).long(setting.name);
+    let arg = match option.env {
+        Some(env) => arg.env(env),
+        None => arg,
+    };
+    let default = match (setting.kind, setting.default_value()) {
+        (Kind::Cpus, _) => "none (the cgroup's, if any)".to_owned(),
+        (_, Value::LoadSource(kind)) => kind.as_str().to_owned(),
+        (_, value) => value.to_string(),
+    };
+    let mut help = option.help.to_owned();
+    if let Kind::LoadSource = setting.kind {
+        let names: Vec<&str> = LoadSourceKind::ALL.iter().map(|k| k.as_str()).collect();
+        help.push_str(&format!(": {}", names.join(", ")));
     }
-}
-
-/// `--cpu-request`: the load core's own parser, so the element, the
-/// supervisor and the multi-pipeline parent accept the same quantities.
-fn cpu_request(text: &str) -> Result<CpuRequest, String> {
-    text.parse().map_err(|err: CpuRequestError| err.to_string())
-}
-
-/// `--coordination-dir`: the element's own rule (auto, none, absolute path).
-fn coordination_dir(text: &str) -> Result<String, String> {
-    gstcpuguard::hostwide::resolve_dir(text, 0, None, None)
-        .map(|_| text.trim().to_owned())
-        .map_err(|err| err.to_string())
+    if let Some(range) = setting.range_text() {
+        help.push_str(&format!(" {range}"));
+    }
+    match setting.kind {
+        Kind::Flag { .. } => arg.action(ArgAction::SetTrue).help(help),
+        _ => arg
+            .value_name(option.value_name)
+            // "-1" must reach the check, which says what is wrong with it.
+            .allow_hyphen_values(true)
+            .value_parser(move |text: &str| setting.parse(text))
+            .help(format!("{help} [element default: {default}]")),
+    }
 }
 
 /// `--max-utilization`: a share of capacity, 0-1.
@@ -482,12 +329,9 @@ fn crash_safe_interval(text: &str) -> Result<u32, String> {
     use gstcpuguard::crashsafe::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
     parse_millis(
         "crash-safe-interval",
-        UIntSpec {
-            min: MIN_INTERVAL_MS,
-            max: MAX_INTERVAL_MS,
-            default: gstcpuguard::crashsafe::DEFAULT_INTERVAL_MS,
-        },
         text,
+        MIN_INTERVAL_MS,
+        MAX_INTERVAL_MS,
     )
 }
 
@@ -506,93 +350,12 @@ fn finish_timeout(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// A count within the element's range.
-fn count(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u32> {
-    move |text: &str| -> Result<u32, String> {
-        let value: u64 = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("{name} must be a whole number, got {text:?}"))?;
-        in_range(name, value, spec, "")
-    }
-}
-
-/// Milliseconds, given as a number or a humantime duration ("500ms", "30s",
-/// "1m 30s"), within the element's range.
-fn millis(name: &'static str, spec: UIntSpec) -> impl TypedValueParser<Value = u32> {
-    move |text: &str| parse_millis(name, spec, text)
-}
-
-fn parse_millis(name: &str, spec: UIntSpec, text: &str) -> Result<u32, String> {
-    {
-        let text = text.trim();
-        let ms = match text.parse::<u64>() {
-            Ok(ms) => ms,
-            Err(_) => humantime::parse_duration(text)
-                .map(|d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                .map_err(|err| {
-                    format!(
-                        "{name} must be milliseconds or a duration such as 500ms or 30s, \
-                         got {text:?} ({err})"
-                    )
-                })?,
-        };
-        in_range(name, ms, spec, " ms")
-    }
-}
-
-fn in_range(name: &str, value: u64, spec: UIntSpec, unit: &str) -> Result<u32, String> {
-    u32::try_from(value)
-        .ok()
-        .filter(|v| (spec.min..=spec.max).contains(v))
-        .ok_or_else(|| {
-            format!(
-                "{name} must be between {}{unit} and {}{unit}, got {value}{unit}",
-                spec.min, spec.max
-            )
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec() -> Spec {
-        Spec {
-            soft_default: 0.85,
-            hard_default: 0.95,
-            hold: UIntSpec {
-                min: 1,
-                max: 100_000,
-                default: 3,
-            },
-            interval: UIntSpec {
-                min: 10,
-                max: 3_600_000,
-                default: 1000,
-            },
-            drain_timeout: UIntSpec {
-                min: 0,
-                max: u32::MAX,
-                default: 30_000,
-            },
-            release: Some(UIntSpec {
-                min: 1,
-                max: 100_000,
-                default: 1,
-            }),
-            load_sources: ["auto", "process", "cgroup", "system", "psi"]
-                .map(String::from)
-                .to_vec(),
-            load_source_default: "auto".to_owned(),
-        }
-    }
-
     fn parse_args(args: &[&str]) -> Result<Cli, clap::Error> {
-        parse(
-            &spec(),
-            std::iter::once("cpuguard-run").chain(args.iter().copied()),
-        )
+        parse(std::iter::once("cpuguard-run").chain(args.iter().copied()))
     }
 
     #[test]
@@ -612,13 +375,17 @@ mod tests {
             "-x",
         ])
         .unwrap();
-        assert_eq!(cli.hold, Some(2));
-        assert_eq!(cli.drain_timeout, Some(45_000));
-        assert_eq!(cli.interval, Some(250));
-        assert_eq!(cli.load_source.as_deref(), Some("psi"));
+        assert_eq!(cli.settings.uint("hold"), Some(2));
+        assert_eq!(cli.settings.uint("drain-timeout"), Some(45_000));
+        assert_eq!(cli.settings.uint("interval"), Some(250));
+        assert_eq!(
+            cli.settings.load_source(),
+            gstcpuguard::load::LoadSourceKind::Psi
+        );
         assert_eq!(cli.pipeline, ["videotestsrc", "!", "fakesink", "-x"]);
         assert_eq!(
-            cli.soft_threshold, None,
+            cli.settings.get("soft-threshold"),
+            None,
             "not given: the element keeps its own"
         );
     }
@@ -653,7 +420,12 @@ mod tests {
     #[test]
     fn cpu_request_takes_kubernetes_quantities_and_refuses_the_rest() {
         let cli = parse_args(&["--cpu-request", "500m", "fakesrc", "!", "fakesink"]).unwrap();
-        assert_eq!(cli.cpu_request.map(CpuRequest::cpus), Some(0.5));
+        assert_eq!(
+            cli.settings
+                .cpu_request()
+                .map(gstcpuguard::load::CpuRequest::cpus),
+            Some(0.5)
+        );
         for bad in ["0", "-1", "-500m", "lots", "0m"] {
             let err = parse_args(&["--cpu-request", bad, "fakesrc", "!", "fakesink"]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad}");

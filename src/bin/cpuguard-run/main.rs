@@ -67,15 +67,7 @@ fn run() -> u8 {
         fatal!("cannot register the cpuguard element: {err}");
         return exit::FAILED;
     }
-    let spec = match guard::Spec::from_element() {
-        Ok(spec) => spec,
-        Err(err) => {
-            fatal!("{err}");
-            return exit::FAILED;
-        }
-    };
-
-    let cli = match cli::parse(&spec, std::env::args_os()) {
+    let cli = match cli::parse(std::env::args_os()) {
         Ok(cli) => cli,
         Err(err) => {
             // Help and version go to stdout with exit 0; errors to stderr with 2.
@@ -98,11 +90,11 @@ fn run() -> u8 {
         progress!("note: {note}");
     }
     if cli.is_multi() {
-        return multi::run(&cli, &spec, &router);
+        return multi::run(&cli, &router);
     }
     // A worker's elements judge for real: they coordinate with the other
     // workers through the coordination directory the parent gives them.
-    let overrides = cli.overrides();
+    let given = &cli.settings;
 
     let (pipeline, description) = match pipeline::build(&cli.pipeline) {
         Ok(built) => built,
@@ -127,20 +119,20 @@ fn run() -> u8 {
         }
     }
     if guards.is_empty() {
-        if let Err(err) = overrides.validate_alone(&spec) {
+        if let Err(err) = guard::validate_alone(given) {
             fatal!("{err}");
             return exit::USAGE;
         }
-        let given = overrides.given_element_settings();
-        if !given.is_empty() && cli.worker.is_none() {
+        let ignored = guard::given_element_settings(given);
+        if !ignored.is_empty() && cli.worker.is_none() {
             progress!(
                 "warning: no cpuguard element in the pipeline: {} ignored",
-                given.join(", ")
+                ignored.join(", ")
             );
         }
     }
     for guard in &guards {
-        if let Err(err) = overrides.apply(guard) {
+        if let Err(err) = guard::apply(given, guard) {
             fatal!("{err}");
             return exit::USAGE;
         }
@@ -175,18 +167,9 @@ fn run() -> u8 {
             soft: guard.property("soft-threshold"),
             hard: guard.property("hard-threshold"),
             hold: guard.property("hold"),
-            release: if guard.find_property("release").is_some() {
-                guard.property("release")
-            } else {
-                1
-            },
+            release: guard.property("release"),
         },
-        None => timeline::Thresholds {
-            soft: overrides.soft_threshold.unwrap_or(spec.soft_default),
-            hard: overrides.hard_threshold.unwrap_or(spec.hard_default),
-            hold: overrides.hold.unwrap_or(spec.hold.default),
-            release: overrides.release.unwrap_or(1),
-        },
+        None => given.policy(),
     };
     let observer =
         match observe::Observer::start(cli.metrics_addr, cli.timeline.as_deref(), thresholds) {
@@ -197,15 +180,7 @@ fn run() -> u8 {
             }
         };
 
-    // The supervisor's own deadline: --drain-timeout, else the longest the
-    // elements allow (0 = forever wins), else the element default.
-    let drain_timeout_ms = cli.drain_timeout.unwrap_or_else(|| {
-        guards
-            .iter()
-            .map(|g| g.property::<u32>("drain-timeout"))
-            .reduce(|a, b| if a == 0 || b == 0 { 0 } else { a.max(b) })
-            .unwrap_or(spec.drain_timeout.default)
-    });
+    let drain_timeout_ms = guard::drain_timeout_ms(given, &guards);
     if (1..1000).contains(&drain_timeout_ms) {
         progress!(
             "warning: the drain timeout is {drain_timeout_ms} ms: a bare number is milliseconds \

@@ -29,13 +29,7 @@ const WORKER_COLORS: [RGBColor; 6] = [
 ];
 
 /// The policy the lines stand for.
-#[derive(Debug, Clone, Copy)]
-pub struct Thresholds {
-    pub soft: f64,
-    pub hard: f64,
-    pub hold: u32,
-    pub release: u32,
-}
+pub type Thresholds = gstcpuguard::policy::PolicyConfig;
 
 struct Drain {
     at: f64,

@@ -26,12 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstcpuguard::load::{HostPaths, LoadMeter, LoadSourceKind};
-use gstcpuguard::policy::PolicyConfig;
+use gstcpuguard::load::{HostPaths, LoadMeter};
 
 use crate::cli::Cli;
 use crate::exit;
-use crate::guard::{self, Spec};
+use crate::guard;
 use crate::observe::Observer;
 use crate::pipeline;
 use crate::progress::{fatal, progress};
@@ -71,8 +70,8 @@ pub struct Plan {
 }
 
 /// Runs multi-pipeline mode to the end; returns the exit code.
-pub fn run(cli: &Cli, spec: &Spec, router: &Router) -> u8 {
-    let plan = match plan(cli, spec) {
+pub fn run(cli: &Cli, router: &Router) -> u8 {
+    let plan = match plan(cli) {
         Ok(plan) => plan,
         Err(err) => {
             fatal!("{err}");
@@ -124,7 +123,7 @@ pub fn run(cli: &Cli, spec: &Spec, router: &Router) -> u8 {
 }
 
 /// Reads and checks every description and setting; the error names the bad one.
-fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
+fn plan(cli: &Cli) -> Result<Plan, String> {
     let mut sources: Vec<(String, String)> = cli
         .pipelines
         .iter()
@@ -152,7 +151,7 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         }
     }
 
-    let overrides = cli.overrides();
+    let given = &cli.settings;
     let mut jobs = Vec::with_capacity(sources.len());
     let mut alone_checked = false;
     for (origin, description) in sources {
@@ -161,21 +160,13 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
             .map_err(|err| format!("invalid pipeline ({origin}): {err}\n  in: {description}"))?;
         let guards = guard::find(&pipeline);
         if guards.is_empty() && !alone_checked {
-            overrides.validate_alone(spec)?;
+            guard::validate_alone(given)?;
             alone_checked = true;
         }
         for guard in &guards {
-            overrides
-                .apply(guard)
-                .map_err(|err| format!("{origin}: {err}"))?;
+            guard::apply(given, guard).map_err(|err| format!("{origin}: {err}"))?;
         }
-        let drain_timeout_ms = cli.drain_timeout.unwrap_or_else(|| {
-            guards
-                .iter()
-                .map(|g| g.property::<u32>("drain-timeout"))
-                .reduce(|a, b| if a == 0 || b == 0 { 0 } else { a.max(b) })
-                .unwrap_or(spec.drain_timeout.default)
-        });
+        let drain_timeout_ms = guard::drain_timeout_ms(given, &guards);
         // Planned here on the parsed pipeline, never started: the worker
         // decides the same for its own copy.
         let crash_safe = cli.crash_safe().map(|interval| {
@@ -200,27 +191,17 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
         });
     }
 
-    let policy = PolicyConfig {
-        soft: cli.soft_threshold.unwrap_or(spec.soft_default),
-        hard: cli.hard_threshold.unwrap_or(spec.hard_default),
-        hold: cli.hold.unwrap_or(spec.hold.default),
-        release: cli.release.unwrap_or(spec.release.map_or(1, |r| r.default)),
-    };
+    let policy = given.policy();
     policy
         .validate()
         .map_err(|err| format!("invalid settings: {err}"))?;
 
-    let source_name = cli
-        .load_source
-        .clone()
-        .unwrap_or_else(|| spec.load_source_default.clone());
-    let kind: LoadSourceKind = source_name.parse().map_err(|err| format!("{err}"))?;
-    let host = cli
-        .root
-        .as_ref()
+    let kind = given.load_source();
+    let host = given
+        .text("root")
         .map_or_else(HostPaths::system, HostPaths::under);
     let me = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
-    let meter = LoadMeter::with_request(kind, &host, me, cli.cpu_request)
+    let meter = LoadMeter::with_request(kind, &host, me, given.cpu_request())
         .map_err(|err| format!("cannot measure load (load-source {kind}): {err}"))?;
 
     let report = cli.report.as_deref().map(ReportFile::create).transpose()?;
@@ -229,39 +210,25 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     // same coordination directory, and never give up a drain themselves: the
     // parent's timer does, and kills the whole worker, which a worker stuck
     // in a drain may need.
-    let coordination = coordination::Coordination::new(cli.coordination_dir.as_deref())?;
-    let mut worker_args: Vec<OsString> = Vec::new();
-    let mut forward = |name: &str, value: Option<String>| {
-        if let Some(value) = value {
-            worker_args.push(format!("--{name}").into());
-            worker_args.push(value.into());
-        }
-    };
-    forward("soft-threshold", cli.soft_threshold.map(|v| v.to_string()));
-    forward("hard-threshold", cli.hard_threshold.map(|v| v.to_string()));
-    forward("hold", cli.hold.map(|v| v.to_string()));
-    forward("release", cli.release.map(|v| v.to_string()));
-    forward("interval", cli.interval.map(|v| v.to_string()));
-    forward("load-source", cli.load_source.clone());
-    forward(
-        "root",
-        cli.root.as_ref().map(|r| r.to_string_lossy().into_owned()),
-    );
-    forward("cpu-request", cli.cpu_request.map(|r| r.cpus().to_string()));
-    forward("coordination-dir", Some(coordination.setting()));
-    forward("drain-timeout", Some("0".to_owned()));
-    forward(
-        "crash-safe-interval",
-        Some(format!("{}ms", cli.crash_safe_interval)),
-    );
+    let coordination = coordination::Coordination::new(given.text("coordination-dir"))?;
+    let mut worker_given = given.clone();
+    for (name, text) in [
+        ("coordination-dir", coordination.setting()),
+        ("drain-timeout", "0".to_owned()),
+    ] {
+        let value = gstcpuguard::settings::find(name)
+            .ok_or_else(|| format!("no setting {name}"))?
+            .parse(&text)?;
+        worker_given.set(name, value)?;
+    }
+    let mut worker_args: Vec<OsString> = worker_given
+        .to_args()
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    worker_args.push(format!("--crash-safe-interval={}ms", cli.crash_safe_interval).into());
     if cli.crash_safe().is_none() {
         worker_args.push("--no-crash-safe".into());
-    }
-    if cli.dry_run {
-        worker_args.push("--dry-run".into());
-    }
-    if cli.drain_non_live {
-        worker_args.push("--drain-non-live".into());
     }
     // Each worker tells its own webhooks (its events carry its worker id and
     // pipeline) and runs its own on-end hook with its own files, within its
@@ -280,11 +247,10 @@ fn plan(cli: &Cli, spec: &Spec) -> Result<Plan, String> {
     if let Some(timeout) = cli.finish_timeout {
         worker_args.push(format!("--finish-timeout={}ms", timeout.as_millis()).into());
     }
-    if cli.coordination_group_shared {
-        worker_args.push("--coordination-group-shared".into());
-    }
-
-    let interval_ms = cli.interval.unwrap_or(spec.interval.default);
+    let interval_ms = match given.value("interval") {
+        gstcpuguard::settings::Value::UInt(ms) => ms,
+        _ => gstcpuguard::settings::DEFAULT_INTERVAL_MS,
+    };
     progress!(
         "multi-pipeline mode: {} pipelines; soft-threshold {}, hard-threshold {}, hold {}, \
          release {}, interval {interval_ms} ms, max-utilization {}",
