@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::hostwide::files::{BudgetFiles, CoordDir, DirError, Found};
 use crate::hostwide::{self, BudgetId, Choice, Entry, Peer, Scope};
-use crate::load::{LoadMeter, LoadSourceKind, own_process_cpu_time, smooth_cpu};
+use crate::load::{CpuRate, LoadMeter, LoadSourceKind};
 
 use super::imp::CAT;
 
@@ -37,29 +37,6 @@ fn warn_once(key: String, text: String, warnings: &mut Vec<String>) {
     if lock(&WARNED).insert(key) {
         gst::warning!(CAT, "{text}");
         warnings.push(text);
-    }
-}
-
-/// The process's CPU rate, all threads, smoothed like the elements' own.
-#[derive(Debug, Default)]
-struct ProcessRate {
-    last: Option<(Instant, Duration)>,
-    smoothed: Option<f64>,
-}
-
-impl ProcessRate {
-    fn update(&mut self, now: Instant) -> f64 {
-        let Ok(total) = own_process_cpu_time() else {
-            return self.smoothed.unwrap_or(0.0);
-        };
-        if let Some((at, before)) = self.last
-            && now > at
-        {
-            let share = total.saturating_sub(before).as_secs_f64() / (now - at).as_secs_f64();
-            self.smoothed = Some(smooth_cpu(self.smoothed, share));
-        }
-        self.last = Some((now, total));
-        self.smoothed.unwrap_or(0.0)
     }
 }
 
@@ -87,7 +64,7 @@ pub(super) enum Verdict {
 #[derive(Debug)]
 struct State {
     files: BudgetFiles,
-    rate: ProcessRate,
+    rate: CpuRate,
     cpu: f64,
     rate_at: Option<Instant>,
     seq: u64,
@@ -190,7 +167,7 @@ pub(super) fn join(
         id: budget,
         state: Mutex::new(State {
             files,
-            rate: ProcessRate::default(),
+            rate: CpuRate::default(),
             cpu: 0.0,
             rate_at: None,
             seq: 0,
@@ -228,7 +205,7 @@ impl Participation {
             .rate_at
             .is_none_or(|at| now.saturating_duration_since(at) >= interval / 2);
         if due {
-            state.cpu = state.rate.update(now);
+            state.cpu = state.rate.update_own_process(now).unwrap_or(0.0);
             state.rate_at = Some(now);
         }
         let (record, in_flight) = match state.files.drain_state() {

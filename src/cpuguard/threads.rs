@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::load::{own_thread_cpu_time, smooth_cpu};
+use crate::load::{CpuRate, own_thread_cpu_time};
 
 thread_local! {
     /// gettid is a syscall; a streaming thread asks once per buffer, so keep it.
@@ -85,11 +85,7 @@ pub struct CpuUse {
     previous: Vec<(i32, Duration)>,
     /// This sample's readings, swapped with `previous` (no allocation per sample).
     current: Vec<(i32, Duration)>,
-    at: Option<Instant>,
-    /// Smoothed over about two samples, so that one short window (a thread
-    /// scheduled just before or after the sample) does not misrank two
-    /// pipelines.
-    smoothed: Option<f64>,
+    rate: CpuRate,
 }
 
 impl CpuUse {
@@ -113,19 +109,12 @@ impl CpuUse {
             true
         });
         std::mem::swap(&mut self.previous, &mut self.current);
-        let share = match self.at.replace(now) {
-            Some(at) if now > at => used.as_secs_f64() / now.duration_since(at).as_secs_f64(),
-            // No window yet: nothing to say, and a 0 would drag the average.
-            _ => return self.last(),
-        };
-        let smoothed = smooth_cpu(self.smoothed, share);
-        self.smoothed = Some(smoothed);
-        smoothed
+        self.rate.update(now, used).unwrap_or(0.0)
     }
 
     /// The last value `update` returned (0 before the first).
     pub fn last(&self) -> f64 {
-        self.smoothed.unwrap_or(0.0)
+        self.rate.last().unwrap_or(0.0)
     }
 }
 

@@ -38,8 +38,8 @@ pub use error::LoadError;
 use paths::HostFile;
 pub use paths::HostPaths;
 pub use process::{
-    own_process_cpu_time, own_thread_cpu_time, process_and_reaped_cpu_seconds, process_cpu_seconds,
-    smooth_cpu, thread_cpu_seconds,
+    CpuRate, own_process_cpu_time, own_thread_cpu_time, process_and_reaped_cpu_seconds,
+    process_cpu_seconds, thread_cpu_seconds,
 };
 pub use request::{CpuRequest, CpuRequestError};
 pub use share::{WEIGHT_MAPPING, WeightMapping};

@@ -3,7 +3,7 @@
 //! their CPU clocks.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -46,14 +46,59 @@ pub fn own_process_cpu_time() -> Result<Duration, nix::errno::Errno> {
     clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID).map(Duration::from)
 }
 
-/// One smoothing for every CPU rate that ranks a victim (an element's
-/// streaming threads, a whole process): the mean of the previous value and
-/// this window's share, about two samples' worth, so one short window (a
-/// thread scheduled just before or after the sample) does not misrank.
-pub fn smooth_cpu(previous: Option<f64>, share: f64) -> f64 {
-    match previous {
-        Some(prev) => (prev + share) / 2.0,
-        None => share,
+/// The CPU rate (in CPUs) of whatever ranks a victim (an element's streaming
+/// threads, a whole process), smoothed the same way for all of them: the
+/// mean of the previous value and this window's share, about two samples'
+/// worth, so one short window (a thread scheduled just before or after the
+/// sample) does not misrank.
+#[derive(Debug, Default, Clone)]
+pub struct CpuRate {
+    /// The last reading of a cumulative total, for [`CpuRate::update_total`].
+    total: Option<Duration>,
+    at: Option<Instant>,
+    smoothed: Option<f64>,
+}
+
+impl CpuRate {
+    /// Adds a window that ends at `now` in which `used` CPU time was spent.
+    /// The first call only starts the window: there is nothing to divide by
+    /// yet, and a 0 would drag the average.
+    pub fn update(&mut self, now: Instant, used: Duration) -> Option<f64> {
+        match self.at.replace(now) {
+            Some(at) if now > at => {
+                let share = used.as_secs_f64() / now.duration_since(at).as_secs_f64();
+                let smoothed = match self.smoothed {
+                    Some(previous) => (previous + share) / 2.0,
+                    None => share,
+                };
+                self.smoothed = Some(smoothed);
+            }
+            _ => {}
+        }
+        self.smoothed
+    }
+
+    /// [`CpuRate::update`] from a cumulative CPU time (a process's clock).
+    pub fn update_total(&mut self, now: Instant, total: Duration) -> Option<f64> {
+        let used = self
+            .total
+            .replace(total)
+            .map(|before| total.saturating_sub(before));
+        self.update(now, used.unwrap_or_default())
+    }
+
+    /// This whole process, every thread included (encoder worker pools too):
+    /// what cross-process ranking compares. `None` until two readings.
+    pub fn update_own_process(&mut self, now: Instant) -> Option<f64> {
+        match own_process_cpu_time() {
+            Ok(total) => self.update_total(now, total),
+            Err(_) => self.smoothed,
+        }
+    }
+
+    /// The last value (`None` before two readings).
+    pub fn last(&self) -> Option<f64> {
+        self.smoothed
     }
 }
 
@@ -121,6 +166,36 @@ mod tests {
     use super::*;
 
     const STAT: &str = "4242 (gst (launch) 1) R 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 4 0 12345 1000 200\n";
+
+    #[test]
+    fn a_rate_is_the_mean_of_the_last_two_windows_and_waits_for_one() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut rate = CpuRate::default();
+        assert_eq!(rate.update_total(t0, Duration::from_secs(5)), None);
+        // 500 ms of CPU in 1 s: 0.5.
+        assert_eq!(
+            rate.update_total(at(1000), Duration::from_millis(5500)),
+            Some(0.5)
+        );
+        // 1.5 s in 1 s: (0.5 + 1.5) / 2.
+        assert_eq!(
+            rate.update_total(at(2000), Duration::from_millis(7000)),
+            Some(1.0)
+        );
+        // No time passed: no window, the last value stands.
+        assert_eq!(
+            rate.update_total(at(2000), Duration::from_millis(9000)),
+            Some(1.0)
+        );
+        assert_eq!(rate.last(), Some(1.0));
+        let mut threads = CpuRate::default();
+        assert_eq!(threads.update(t0, Duration::ZERO), None);
+        assert_eq!(
+            threads.update(at(500), Duration::from_millis(250)),
+            Some(0.5)
+        );
+    }
 
     #[test]
     fn sums_utime_and_stime() {

@@ -9,9 +9,7 @@
 //! draining (to time the drain and escalate), and its load samples (for
 //! `--metrics-addr` and `--timeline`).
 
-use std::time::{Duration, Instant};
 
-use gstcpuguard::load::{own_process_cpu_time, smooth_cpu};
 use serde::{Deserialize, Serialize};
 
 use crate::drain::Drain;
@@ -109,28 +107,6 @@ impl WorkerEvent {
 /// (it then sees the worker exit), never a reason to panic here.
 pub fn send(event: &WorkerEvent) {
     crate::report::print_line(&event.to_line());
-}
-
-/// The worker's CPU rate over all its threads, smoothed as the elements'
-/// cross-process ranking smooths it; `None` until two readings.
-#[derive(Debug, Default)]
-pub struct ProcessCpu {
-    last: Option<(Instant, Duration)>,
-    smoothed: Option<f64>,
-}
-
-impl ProcessCpu {
-    pub fn update(&mut self, now: Instant) -> Option<f64> {
-        let total = own_process_cpu_time().ok()?;
-        if let Some((at, before)) = self.last
-            && now > at
-        {
-            let share = total.saturating_sub(before).as_secs_f64() / (now - at).as_secs_f64();
-            self.smoothed = Some(smooth_cpu(self.smoothed, share));
-        }
-        self.last = Some((now, total));
-        self.smoothed
-    }
 }
 
 #[cfg(test)]

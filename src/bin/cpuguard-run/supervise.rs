@@ -128,7 +128,7 @@ struct Supervisor {
     sinks: SinkWatch,
     error_in_drain: Option<ErrorInDrain>,
     /// A worker's CPU, told to its parent with each sample.
-    process_cpu: channel::ProcessCpu,
+    process_cpu: gstcpuguard::load::CpuRate,
     /// Taken when the run is over (see `finish`).
     notifier: Option<Notifier>,
     outputs: Outputs,
@@ -168,7 +168,7 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             capacity: None,
             sinks,
             error_in_drain: None,
-            process_cpu: channel::ProcessCpu::default(),
+            process_cpu: gstcpuguard::load::CpuRate::default(),
             notifier: Some(setup.notifier),
             outputs,
         })
@@ -454,7 +454,9 @@ impl Supervisor {
                 load,
                 capacity: self.capacity.unwrap_or(0.0),
                 source: self.load_source.clone().unwrap_or_default(),
-                process_cpu: self.process_cpu.update(std::time::Instant::now()),
+                process_cpu: self
+                    .process_cpu
+                    .update_own_process(std::time::Instant::now()),
             });
         }
         if self.reported.elapsed() >= REPORT_REFRESH {
