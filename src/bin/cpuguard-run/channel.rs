@@ -9,7 +9,6 @@
 //! draining (to time the drain and escalate), and its load samples (for
 //! `--metrics-addr` and `--timeline`).
 
-
 use serde::{Deserialize, Serialize};
 
 use crate::drain::Drain;

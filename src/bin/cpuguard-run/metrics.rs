@@ -9,13 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 type F64Gauge = Gauge<f64, AtomicU64>;
 
@@ -48,6 +49,33 @@ struct OutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WorkerLabel {
     worker: String,
+}
+
+/// Any metric, so that metrics of different types register from one table.
+#[derive(Debug)]
+struct Dyn(Box<dyn Metric>);
+
+impl Dyn {
+    /// A handle on `metric`: prometheus-client's metrics share their values
+    /// between clones.
+    fn new(metric: &(impl Metric + Clone)) -> Self {
+        Dyn(Box::new(metric.clone()))
+    }
+}
+
+impl EncodeMetric for Dyn {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    /// A family with no labels yet is left out of the page, as it was.
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// Drains take from milliseconds (an idle encoder) to the drain timeout
@@ -102,77 +130,82 @@ impl Metrics {
             webhooks: Family::default(),
         };
         let m = &metrics;
-        let r = &mut registry;
-        r.register("up", "1 while cpuguard-run is running", m.up.clone());
-        r.register(
-            "load_ratio",
-            "Last load sample: share of capacity (1 = all of it; can exceed 1)",
-            m.load.clone(),
-        );
-        r.register(
-            "capacity_cpus",
-            "CPUs the load is measured against (quota, else CPU request; affinity; online CPUs)",
-            m.capacity.clone(),
-        );
-        r.register("load_samples", "Load samples taken", m.samples.clone());
-        r.register(
-            "load_sample_errors",
-            "Intervals without a load sample (unreadable or inconsistent counters)",
-            m.sample_errors.clone(),
-        );
-        r.register(
-            "soft_threshold_ratio",
-            "Load that, held for hold samples, drains",
-            m.soft.clone(),
-        );
-        r.register(
-            "hard_threshold_ratio",
-            "Load that drains at once",
-            m.hard.clone(),
-        );
-        r.register(
-            "pipelines_running",
-            "Pipelines running (multi-pipeline mode: workers alive)",
-            m.running.clone(),
-        );
-        r.register(
-            "worker_cpu_cpus",
-            "CPUs a worker process uses, as it reports with each sample (multi-pipeline mode)",
-            m.worker_cpu.clone(),
-        );
-        r.register("drains", "Drains started, by reason", m.drains.clone());
-        r.register(
-            "drain_duration_seconds",
-            "From a drain's request to its end (EOS, or giving up), by reason",
-            m.drain_seconds.clone(),
-        );
-        r.register(
-            "drain_escalations",
-            "Drains that missed their timeout and were killed (SIGKILL)",
-            m.escalations.clone(),
-        );
-        r.register(
-            "results",
-            "Finished runs (multi-pipeline mode: workers), by status and reason",
-            m.results.clone(),
-        );
-        r.register("signals", "Signals received, by name", m.signals.clone());
-        r.register(
-            "throttled_periods_ratio",
-            "Last sample: share of its CFS periods in which the group whose quota binds was \
+        // Name, help, metric: one row each.
+        let table = [
+            ("up", "1 while cpuguard-run is running", Dyn::new(&m.up)),
+            (
+                "load_ratio",
+                "Last load sample: share of capacity (1 = all of it; can exceed 1)",
+                Dyn::new(&m.load),
+            ),
+            (
+                "capacity_cpus",
+                "CPUs the load is measured against (quota, else CPU request; affinity; online CPUs)",
+                Dyn::new(&m.capacity),
+            ),
+            ("load_samples", "Load samples taken", Dyn::new(&m.samples)),
+            (
+                "load_sample_errors",
+                "Intervals without a load sample (unreadable or inconsistent counters)",
+                Dyn::new(&m.sample_errors),
+            ),
+            (
+                "soft_threshold_ratio",
+                "Load that, held for hold samples, drains",
+                Dyn::new(&m.soft),
+            ),
+            (
+                "hard_threshold_ratio",
+                "Load that drains at once",
+                Dyn::new(&m.hard),
+            ),
+            (
+                "pipelines_running",
+                "Pipelines running (multi-pipeline mode: workers alive)",
+                Dyn::new(&m.running),
+            ),
+            (
+                "worker_cpu_cpus",
+                "CPUs a worker process uses, as it reports with each sample (multi-pipeline mode)",
+                Dyn::new(&m.worker_cpu),
+            ),
+            ("drains", "Drains started, by reason", Dyn::new(&m.drains)),
+            (
+                "drain_duration_seconds",
+                "From a drain's request to its end (EOS, or giving up), by reason",
+                Dyn::new(&m.drain_seconds),
+            ),
+            (
+                "drain_escalations",
+                "Drains that missed their timeout and were killed (SIGKILL)",
+                Dyn::new(&m.escalations),
+            ),
+            (
+                "results",
+                "Finished runs (multi-pipeline mode: workers), by status and reason",
+                Dyn::new(&m.results),
+            ),
+            ("signals", "Signals received, by name", Dyn::new(&m.signals)),
+            (
+                "throttled_periods_ratio",
+                "Last sample: share of its CFS periods in which the group whose quota binds was \
              throttled (0.9 or more reads as saturated)",
-            m.throttled_ratio.clone(),
-        );
-        r.register(
-            "throttled_seconds",
-            "Time the group whose quota binds spent throttled, summed over CPUs, since the run began",
-            m.throttled_seconds.clone(),
-        );
-        r.register(
-            "webhook_deliveries",
-            "Webhook events (times URLs) by outcome: delivered, retried (an attempt failed), failed",
-            m.webhooks.clone(),
-        );
+                Dyn::new(&m.throttled_ratio),
+            ),
+            (
+                "throttled_seconds",
+                "Time the group whose quota binds spent throttled, summed over CPUs, since the run began",
+                Dyn::new(&m.throttled_seconds),
+            ),
+            (
+                "webhook_deliveries",
+                "Webhook events (times URLs) by outcome: delivered, retried (an attempt failed), failed",
+                Dyn::new(&m.webhooks),
+            ),
+        ];
+        for (name, help, metric) in table {
+            registry.register(name, help, metric);
+        }
         metrics.up.set(1);
         metrics.soft.set(soft);
         metrics.hard.set(hard);
