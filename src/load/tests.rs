@@ -50,6 +50,18 @@ impl Host {
             .unwrap_or_else(|err| panic!("{kind} meter: {err}"))
     }
 
+    /// An auto meter, which must have chosen the cgroup.
+    fn auto_cgroup_meter(&self, t0: Instant) -> LoadMeter {
+        let meter = self.meter(LoadSourceKind::Auto, t0);
+        assert_eq!(
+            meter.source(),
+            LoadSourceKind::Cgroup,
+            "{}",
+            meter.describe()
+        );
+        meter
+    }
+
     /// Why a `kind` meter does not start on this host.
     fn start_error(&self, kind: LoadSourceKind) -> String {
         LoadMeter::new_at(kind, &self.paths, PID, Instant::now())
@@ -496,16 +508,24 @@ fn online_cpus_fall_back_to_proc_stat() {
     assert!(meter.describe().contains("online 3"));
 }
 
-#[test]
-fn unchanged_proc_stat_is_no_time_elapsed_not_zero() {
+/// The error of a system meter's sample one second after it started on the
+/// v2 host, once `change` has been made to the host's files, with its text.
+fn system_sample_error(change: impl FnOnce(&Host)) -> (LoadError, String) {
     let host = Host::copy("v2");
     let t0 = Instant::now();
     let mut meter = host.meter(LoadSourceKind::System, t0);
+    change(&host);
     let err = meter.sample(t0 + secs(1)).unwrap_err();
-    assert!(matches!(err, LoadError::NoTimeElapsed { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.starts_with("no time elapsed"), "{message}");
     assert!(message.contains("proc/stat"), "{message}");
+    (err, message)
+}
+
+#[test]
+fn unchanged_proc_stat_is_no_time_elapsed_not_zero() {
+    let (err, message) = system_sample_error(|_| {});
+    assert!(matches!(err, LoadError::NoTimeElapsed { .. }), "{err}");
+    assert!(message.starts_with("no time elapsed"), "{message}");
 }
 
 // ---------------------------------------------------------------- psi
@@ -637,15 +657,9 @@ fn missing_files_at_start_name_the_path() {
 
 #[test]
 fn malformed_counter_is_an_error() {
-    let host = Host::copy("v2");
-    let t0 = Instant::now();
-    let mut meter = host.meter(LoadSourceKind::System, t0);
-    host.write("proc/stat", "cpu  garbage\n");
-    let err = meter.sample(t0 + secs(1)).unwrap_err();
+    let (err, message) = system_sample_error(|host| host.write("proc/stat", "cpu  garbage\n"));
     assert!(matches!(err, LoadError::Malformed { .. }), "{err}");
-    let message = err.to_string();
     assert!(message.starts_with("malformed "), "{message}");
-    assert!(message.contains("proc/stat"), "{message}");
 }
 
 #[test]
@@ -1024,13 +1038,7 @@ fn v2_weight_under_kubepods_is_the_request_and_follows_a_resize() {
     // 500m: shares 512, which runc >= 1.3.2 writes as weight 59.
     host.write(&format!("{POD_CTR}/cpu.weight"), "59\n");
     let t0 = Instant::now();
-    let mut meter = host.meter(LoadSourceKind::Auto, t0);
-    assert_eq!(
-        meter.source(),
-        LoadSourceKind::Cgroup,
-        "{}",
-        meter.describe()
-    );
+    let mut meter = host.auto_cgroup_meter(t0);
     // Weight 59 stands for a few share values from 512 up: the largest is read.
     let want = share::WEIGHT_MAPPING.shares(59) as f64 / 1024.0;
     assert!((0.5..0.51).contains(&want), "{want}");
@@ -1126,13 +1134,7 @@ fn v1_shares_under_kubepods_are_the_request() {
     host.write(&format!("sys/fs/cgroup/cpu/{pod}/cpu.shares"), "256\n");
     host.write(&format!("sys/fs/cgroup/cpuacct/{pod}/cpuacct.usage"), "0\n");
     let t0 = Instant::now();
-    let mut meter = host.meter(LoadSourceKind::Auto, t0);
-    assert_eq!(
-        meter.source(),
-        LoadSourceKind::Cgroup,
-        "{}",
-        meter.describe()
-    );
+    let mut meter = host.auto_cgroup_meter(t0);
     assert_close(meter.capacity(), 0.25);
     host.write(&format!("sys/fs/cgroup/cpu/{pod}/cpu.shares"), "1024\n");
     host.write(
