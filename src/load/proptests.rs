@@ -37,152 +37,117 @@ struct Parser {
     target: (&'static str, &'static str, LoadSourceKind),
 }
 
-macro_rules! host_file {
-    ($host:literal, $rel:literal) => {
-        include_str!(concat!("../../tests/fixtures/hosts/", $host, "/", $rel))
+/// One row: the file at `$rel` of fixture host `$host` is both the valid
+/// text the mutations start from and what a `$source` meter reads.
+macro_rules! parser {
+    ($name:literal, $host:literal, $rel:literal, $source:ident, $check:expr) => {
+        Parser {
+            name: $name,
+            valid: include_str!(concat!("../../tests/fixtures/hosts/", $host, "/", $rel)),
+            check: $check,
+            target: ($host, $rel, LoadSourceKind::$source),
+        }
     };
 }
 
 const PARSERS: &[Parser] = &[
-    Parser {
-        name: "proc-stat",
-        valid: host_file!("v2", "proc/stat"),
-        check: |t| parse_cpu_times(t).map(drop),
-        target: ("v2", "proc/stat", LoadSourceKind::System),
-    },
-    Parser {
-        name: "proc-stat-cpus",
-        valid: host_file!("no-cgroup", "proc/stat"),
-        check: |t| count_stat_cpus(t).map(assert_cpu_count),
-        target: ("no-cgroup", "proc/stat", LoadSourceKind::System),
-    },
-    Parser {
-        name: "pid-stat",
-        valid: host_file!("v2", "proc/4242/stat"),
-        check: |t| parse_cpu_ticks(t).map(drop),
-        target: ("v2", "proc/4242/stat", LoadSourceKind::Process),
-    },
-    Parser {
-        name: "status",
-        valid: host_file!("v2", "proc/4242/status"),
-        check: |t| parse_affinity(t).map(assert_cpu_count),
-        target: ("v2", "proc/4242/status", LoadSourceKind::Process),
-    },
-    Parser {
-        name: "online",
-        valid: host_file!("v2", "sys/devices/system/cpu/online"),
-        check: |t| count_cpu_list(t.trim()).map(assert_cpu_count),
-        target: (
-            "v2",
-            "sys/devices/system/cpu/online",
-            LoadSourceKind::System,
-        ),
-    },
-    Parser {
-        name: "cfs-quota",
-        valid: host_file!("v1-split", "sys/fs/cgroup/cpu/job/cpu.cfs_quota_us"),
-        check: |t| {
+    parser!("proc-stat", "v2", "proc/stat", System, |t| parse_cpu_times(
+        t
+    )
+    .map(drop)),
+    parser!("proc-stat-cpus", "no-cgroup", "proc/stat", System, |t| {
+        count_stat_cpus(t).map(assert_cpu_count)
+    }),
+    parser!("pid-stat", "v2", "proc/4242/stat", Process, |t| {
+        parse_cpu_ticks(t).map(drop)
+    }),
+    parser!("status", "v2", "proc/4242/status", Process, |t| {
+        parse_affinity(t).map(assert_cpu_count)
+    }),
+    parser!(
+        "online",
+        "v2",
+        "sys/devices/system/cpu/online",
+        System,
+        |t| count_cpu_list(t.trim()).map(assert_cpu_count)
+    ),
+    parser!(
+        "cfs-quota",
+        "v1-split",
+        "sys/fs/cgroup/cpu/job/cpu.cfs_quota_us",
+        Cgroup,
+        |t| {
             parse_cfs_quota(t).map(|quota| {
                 assert!(quota.is_none_or(|q| q >= 1000), "quota {quota:?} µs");
             })
-        },
-        target: (
-            "v1-split",
-            "sys/fs/cgroup/cpu/job/cpu.cfs_quota_us",
-            LoadSourceKind::Cgroup,
-        ),
-    },
-    Parser {
-        name: "cfs-period",
-        valid: host_file!("v1-split", "sys/fs/cgroup/cpu/job/cpu.cfs_period_us"),
-        check: |t| {
+        }
+    ),
+    parser!(
+        "cfs-period",
+        "v1-split",
+        "sys/fs/cgroup/cpu/job/cpu.cfs_period_us",
+        Cgroup,
+        |t| {
             parse_cfs_period(t).map(|period| {
                 assert!((1000..=1_000_000).contains(&period), "period {period} µs");
             })
-        },
-        target: (
-            "v1-split",
-            "sys/fs/cgroup/cpu/job/cpu.cfs_period_us",
-            LoadSourceKind::Cgroup,
-        ),
-    },
-    Parser {
-        name: "cpuacct-usage",
-        valid: host_file!("v1-split", "sys/fs/cgroup/cpuacct/job/cpuacct.usage"),
-        check: |t| parse_u64(t.trim()).map(drop),
-        target: (
-            "v1-split",
-            "sys/fs/cgroup/cpuacct/job/cpuacct.usage",
-            LoadSourceKind::Cgroup,
-        ),
-    },
-    Parser {
-        name: "cpu-max",
-        valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.max"),
-        check: |t| {
+        }
+    ),
+    parser!(
+        "cpuacct-usage",
+        "v1-split",
+        "sys/fs/cgroup/cpuacct/job/cpuacct.usage",
+        Cgroup,
+        |t| parse_u64(t.trim()).map(drop)
+    ),
+    parser!(
+        "cpu-max",
+        "v2",
+        "sys/fs/cgroup/system.slice/app.service/cpu.max",
+        Cgroup,
+        |t| {
             parse_cpu_max(t).map(|level| {
                 if let Level::Cpus(cpus, _) = level {
                     assert_quota_cpus(cpus);
                 }
             })
-        },
-        target: (
-            "v2",
-            "sys/fs/cgroup/system.slice/app.service/cpu.max",
-            LoadSourceKind::Cgroup,
-        ),
-    },
-    Parser {
-        name: "cpu-stat",
-        valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.stat"),
-        check: |t| {
+        }
+    ),
+    parser!(
+        "cpu-stat",
+        "v2",
+        "sys/fs/cgroup/system.slice/app.service/cpu.stat",
+        Cgroup,
+        |t| {
             // The throttling lines of the same file, in either version's
             // naming: any text, any outcome, but never a panic.
             for version in [CgroupVersion::V1, CgroupVersion::V2] {
                 let _ = parse_cpu_stat(t, version);
             }
             parse_usage_usec(t).map(drop)
-        },
-        target: (
-            "v2",
-            "sys/fs/cgroup/system.slice/app.service/cpu.stat",
-            LoadSourceKind::Cgroup,
-        ),
-    },
-    Parser {
-        name: "psi",
-        valid: host_file!("v2", "sys/fs/cgroup/system.slice/app.service/cpu.pressure"),
-        check: |t| parse_some_total(t).map(drop),
-        target: (
-            "v2",
-            "sys/fs/cgroup/system.slice/app.service/cpu.pressure",
-            LoadSourceKind::Psi,
-        ),
-    },
-    Parser {
-        name: "mountinfo",
-        valid: host_file!("v2", "proc/4242/mountinfo"),
-        check: |t| {
-            parse_cgroup_mounts(t).map(|mounts| {
-                for m in mounts {
-                    assert!(!m.mount_point.as_os_str().is_empty(), "{m:?}");
-                }
-            })
-        },
-        target: ("v2", "proc/4242/mountinfo", LoadSourceKind::Cgroup),
-    },
-    Parser {
-        name: "proc-cgroup",
-        valid: host_file!("v1-split", "proc/4242/cgroup"),
-        check: |t| {
-            parse_proc_cgroup(t).map(|memberships| {
-                for m in memberships {
-                    assert!(!m.path.contains('\n'), "{m:?}");
-                }
-            })
-        },
-        target: ("v1-split", "proc/4242/cgroup", LoadSourceKind::Cgroup),
-    },
+        }
+    ),
+    parser!(
+        "psi",
+        "v2",
+        "sys/fs/cgroup/system.slice/app.service/cpu.pressure",
+        Psi,
+        |t| parse_some_total(t).map(drop)
+    ),
+    parser!("mountinfo", "v2", "proc/4242/mountinfo", Cgroup, |t| {
+        parse_cgroup_mounts(t).map(|mounts| {
+            for m in mounts {
+                assert!(!m.mount_point.as_os_str().is_empty(), "{m:?}");
+            }
+        })
+    }),
+    parser!("proc-cgroup", "v1-split", "proc/4242/cgroup", Cgroup, |t| {
+        parse_proc_cgroup(t).map(|memberships| {
+            for m in memberships {
+                assert!(!m.path.contains('\n'), "{m:?}");
+            }
+        })
+    }),
 ];
 
 impl Parser {
