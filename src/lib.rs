@@ -9,6 +9,7 @@ pub mod crashsafe;
 pub mod hostwide;
 pub mod load;
 pub mod messages;
+pub mod pipeline_eos;
 pub mod policy;
 pub mod reason;
 pub mod settings;

@@ -9,13 +9,13 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::LoadSource;
-use super::drain;
 use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
 use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
 use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
 use crate::messages::{self, DrainTrigger, Refusal};
+use crate::pipeline_eos as drain;
 use crate::policy::{DEFAULT_RELEASE, Policy, PolicyConfig};
 use crate::reason::EndReason;
 

@@ -6,7 +6,7 @@ use gst::prelude::*;
 
 mod crossproc;
 mod direct;
-pub mod drain;
+
 mod imp;
 mod monitor;
 mod properties;

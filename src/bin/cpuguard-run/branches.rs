@@ -6,37 +6,22 @@
 //! supervisor waits for the branches the error did not touch.
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use gst::prelude::*;
+use gstcpuguard::pipeline_eos::element_sink_pads_eos;
 
-/// EOS flags of every sink of a pipeline (in nested bins too).
+/// The sinks of a pipeline (in nested bins too), whose EOS is read from
+/// their pads' EOS flags: the same test the element's drain uses.
 pub struct SinkWatch {
-    sinks: Vec<(gst::Element, Arc<AtomicBool>)>,
+    sinks: Vec<gst::Element>,
 }
 
 impl SinkWatch {
-    /// Probes every sink pad of every sink for EOS. Installed before the
-    /// pipeline plays, so no EOS can be missed.
+    /// The sinks as the pipeline was built.
     pub fn install(pipeline: &gst::Pipeline) -> Self {
-        let mut sinks = Vec::new();
-        for sink in pipeline.iterate_sinks().into_iter().flatten() {
-            let seen = Arc::new(AtomicBool::new(false));
-            for pad in sink.sink_pads() {
-                let seen = seen.clone();
-                pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
-                    if let Some(gst::PadProbeData::Event(event)) = &info.data
-                        && event.type_() == gst::EventType::Eos
-                    {
-                        seen.store(true, Ordering::SeqCst);
-                    }
-                    gst::PadProbeReturn::Ok
-                });
-            }
-            sinks.push((sink, seen));
+        Self {
+            sinks: pipeline.iterate_sinks().into_iter().flatten().collect(),
         }
-        Self { sinks }
     }
 
     /// Names of the sinks still without EOS that no element of `failed` feeds:
@@ -45,8 +30,8 @@ impl SinkWatch {
         let cut_off: HashSet<gst::Element> = failed.iter().flat_map(downstream).collect();
         self.sinks
             .iter()
-            .filter(|(sink, seen)| !seen.load(Ordering::SeqCst) && !cut_off.contains(sink))
-            .map(|(sink, _)| sink.name().to_string())
+            .filter(|sink| !element_sink_pads_eos(sink) && !cut_off.contains(*sink))
+            .map(|sink| sink.name().to_string())
             .collect()
     }
 }

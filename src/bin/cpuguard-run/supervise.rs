@@ -726,7 +726,7 @@ impl Supervisor {
         let Some(drain) = self.drain.as_mut() else {
             return;
         };
-        if gstcpuguard::cpuguard::drain::natural_end_under_way(self.pipeline.upcast_ref()) {
+        if gstcpuguard::pipeline_eos::natural_end_under_way(self.pipeline.upcast_ref()) {
             // The EOS is already on its way to the sinks: a drain now would
             // only cut off what is queued behind it, and the run is a natural
             // end (the drain timeout still bounds the wait).
@@ -745,7 +745,7 @@ impl Supervisor {
             // deadlock.
             drain.trigger = Some("eos".to_owned());
             progress!("{why}: no cpuguard: EOS sent to the pipeline's sources");
-            let sources = gstcpuguard::cpuguard::drain::push_eos_from_sources(
+            let sources = gstcpuguard::pipeline_eos::push_eos_from_sources(
                 self.pipeline.upcast_ref(),
                 |pad| {
                     crate::progress::line(format_args!(

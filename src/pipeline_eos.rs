@@ -308,7 +308,8 @@ pub fn all_sinks_eos(top: &gst::Element) -> bool {
     seen_any
 }
 
-fn element_sink_pads_eos(element: &gst::Element) -> bool {
+/// True once EOS has reached every sink pad of `element` (pad flags only).
+pub fn element_sink_pads_eos(element: &gst::Element) -> bool {
     element
         .sink_pads()
         .iter()
