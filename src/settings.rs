@@ -296,6 +296,15 @@ pub const SETTINGS: &[Setting] = &[
         option: None,
     },
     Setting {
+        name: "qos",
+        nick: "QoS",
+        blurb: "Handle Quality-of-Service events: drop a buffer due before the running time \
+                downstream asked for in its last QOS event (as GstBaseTransform does)",
+        kind: Kind::Flag { default: false },
+        while_playing: true,
+        option: None,
+    },
+    Setting {
         name: "coordination-dir",
         nick: "Coordination directory",
         blurb: "Directory through which cpuguards of other processes judging the same CPU \

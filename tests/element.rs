@@ -165,8 +165,8 @@ fn position_query_follows_buffers() {
     }
 }
 
-/// A RECONFIGURE from downstream renegotiates before the next buffer: refused
-/// caps give not-negotiated, accepted ones let buffers flow again.
+/// A RECONFIGURE event from downstream renegotiates before the next buffer:
+/// refused caps give not-negotiated, accepted ones let buffers flow again.
 #[test]
 fn reconfigure_renegotiates_before_the_next_buffer() {
     let e = guard(&[("load-source", v("system"))]);
@@ -178,7 +178,8 @@ fn reconfigure_renegotiates_before_the_next_buffer() {
 
     let src = e.static_pad("src").unwrap();
     h.set_sink_caps_str("application/x-other");
-    src.mark_reconfigure();
+    // What a downstream element does when it wants other caps.
+    assert!(h.push_upstream_event(gst::event::Reconfigure::new()));
     assert_eq!(
         h.push(gst::Buffer::from_slice([0u8; 4])),
         Err(gst::FlowError::NotNegotiated)

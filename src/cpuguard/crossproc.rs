@@ -21,7 +21,7 @@ use crate::hostwide::files::{BudgetFiles, CoordDir, DirError, Found};
 use crate::hostwide::{self, BudgetId, Choice, Entry, Peer, Scope};
 use crate::load::{CpuRate, LoadMeter, LoadSourceKind};
 
-use super::imp::CAT;
+use super::category::CAT;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex

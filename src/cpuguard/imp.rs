@@ -1,8 +1,6 @@
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
-use gst_base::prelude::*;
-use gst_base::subclass::prelude::*;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
@@ -10,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::LoadSource;
 use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
+use super::stream::StreamPosition;
 use super::threads::StreamingThreads;
 use crate::coordinator::Victim;
 use crate::hostwide::{self, DirSettingError, Scope};
@@ -19,13 +18,7 @@ use crate::pipeline_eos as drain;
 use crate::policy::{DEFAULT_RELEASE, Policy, PolicyConfig};
 use crate::reason::EndReason;
 
-pub static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
-    gst::DebugCategory::new(
-        "cpuguard",
-        gst::DebugColorFlags::empty(),
-        Some("Drains the pipeline on high CPU load"),
-    )
-});
+use super::category::CAT;
 
 use crate::policy::{DEFAULT_HARD, DEFAULT_HOLD, DEFAULT_SOFT};
 use crate::settings::{
@@ -141,6 +134,8 @@ struct State {
 }
 
 pub struct CpuGuard {
+    sinkpad: gst::Pad,
+    srcpad: gst::Pad,
     settings: Mutex<Settings>,
     state: Mutex<State>,
     /// Apart from `state`: leaving the sampler may join its thread, which
@@ -156,9 +151,12 @@ pub struct CpuGuard {
     /// Set when EOS must be injected from the streaming thread (no parent bin, or
     /// the sources refused the EOS). Checked per buffer, hence an atomic.
     inject_eos: AtomicBool,
-    /// GstBaseTransform's `qos` property is on: buffers then take
-    /// GstBaseTransform's own chain, which drops late ones (see direct.rs).
-    qos: AtomicBool,
+    /// Segment, position and QoS of the stream passing through.
+    stream: StreamPosition,
+    /// Downstream sent a RECONFIGURE event: the caps are offered again
+    /// before the next buffer. An atomic read per buffer, where asking the
+    /// pad for its flag would take its object lock every time.
+    reconfigure: AtomicBool,
     /// The pipeline's muxers under crash safety, from READY to NULL.
     protection: Mutex<Option<crate::crashsafe::Protection>>,
     /// The pipeline answered the latency query as not live, and load may not
@@ -166,25 +164,6 @@ pub struct CpuGuard {
     exempt_non_live: AtomicBool,
     /// The bus WARNING about that was posted (once a run).
     told_non_live: AtomicBool,
-}
-
-impl Default for CpuGuard {
-    fn default() -> Self {
-        CpuGuard {
-            settings: Mutex::default(),
-            state: Mutex::default(),
-            registration: Mutex::default(),
-            threads: Arc::default(),
-            last_load: AtomicU64::new(0f64.to_bits()),
-            last_cpu: AtomicU64::new(0f64.to_bits()),
-            stream_ended: AtomicBool::new(false),
-            inject_eos: AtomicBool::new(false),
-            qos: AtomicBool::new(false),
-            protection: Mutex::default(),
-            exempt_non_live: AtomicBool::new(false),
-            told_non_live: AtomicBool::new(false),
-        }
-    }
 }
 
 /// Locks that survive a panic elsewhere: a poisoned settings mutex must not take
@@ -561,8 +540,7 @@ impl CpuGuard {
             started.elapsed().as_millis()
         );
         let tags = crate::tags::end_reason_tags(reason.as_str());
-        let src = self.obj().static_pad("src");
-        let Some(src) = src else { return false };
+        let src = &self.srcpad;
         src.push_event(gst::event::Tag::new(tags));
         let mut eos = gst::event::Eos::builder().other_field("reason", reason.as_str());
         if let Some(seqnum) = seqnum {
@@ -577,7 +555,72 @@ impl CpuGuard {
 impl ObjectSubclass for CpuGuard {
     const NAME: &'static str = "GstCpuGuard";
     type Type = super::CpuGuard;
-    type ParentType = gst_base::BaseTransform;
+    type ParentType = gst::Element;
+
+    /// Its own pads, as gst-plugins-rs `livesync` has: a pass-through with
+    /// no parent class between the buffers and the element's work.
+    fn with_class(klass: &Self::Class) -> Self {
+        let templ = klass.pad_template("sink").expect("sink template");
+        let sinkpad = gst::Pad::builder_from_template(&templ)
+            .chain_function(|pad, parent, buffer| {
+                CpuGuard::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.sink_chain(pad, buffer),
+                )
+            })
+            .chain_list_function(|pad, parent, list| {
+                CpuGuard::catch_panic_pad_function(
+                    parent,
+                    || Err(gst::FlowError::Error),
+                    |imp| imp.sink_chain_list(pad, list),
+                )
+            })
+            .event_function(|pad, parent, event| {
+                CpuGuard::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.sink_event(pad, event),
+                )
+            })
+            .query_function(|pad, parent, query| {
+                CpuGuard::catch_panic_pad_function(parent, || false, |imp| imp.query(pad, query))
+            })
+            // Caps and allocation are downstream's: the buffers pass unchanged.
+            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+            .build();
+        let templ = klass.pad_template("src").expect("src template");
+        let srcpad = gst::Pad::builder_from_template(&templ)
+            .event_function(|pad, parent, event| {
+                CpuGuard::catch_panic_pad_function(
+                    parent,
+                    || false,
+                    |imp| imp.src_event(pad, event),
+                )
+            })
+            .query_function(|pad, parent, query| {
+                CpuGuard::catch_panic_pad_function(parent, || false, |imp| imp.query(pad, query))
+            })
+            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+            .build();
+        CpuGuard {
+            sinkpad,
+            srcpad,
+            settings: Mutex::default(),
+            state: Mutex::default(),
+            registration: Mutex::default(),
+            threads: Arc::default(),
+            last_load: AtomicU64::new(0f64.to_bits()),
+            last_cpu: AtomicU64::new(0f64.to_bits()),
+            stream_ended: AtomicBool::new(false),
+            inject_eos: AtomicBool::new(false),
+            stream: StreamPosition::default(),
+            reconfigure: AtomicBool::new(false),
+            protection: Mutex::default(),
+            exempt_non_live: AtomicBool::new(false),
+            told_non_live: AtomicBool::new(false),
+        }
+    }
 }
 
 impl ObjectImpl for CpuGuard {
@@ -636,6 +679,7 @@ impl ObjectImpl for CpuGuard {
             }
             "cpu-request" => settings.cpu_request = value.get().unwrap_or(0.0),
             "crash-safe" => settings.crash_safe = value.get().unwrap_or(false),
+            "qos" => self.stream.set_qos(value.get().unwrap_or(false)),
             "crash-safe-interval" => {
                 settings.crash_safe_interval_ms =
                     value.get().unwrap_or(crate::crashsafe::DEFAULT_INTERVAL_MS)
@@ -671,6 +715,7 @@ impl ObjectImpl for CpuGuard {
             "root" => settings.root.to_value(),
             "cpu-request" => settings.cpu_request.to_value(),
             "crash-safe" => settings.crash_safe.to_value(),
+            "qos" => self.stream.qos().to_value(),
             "crash-safe-interval" => settings.crash_safe_interval_ms.to_value(),
             "coordination-dir" => settings.coordination_dir.to_value(),
             "coordination-group-shared" => settings.coordination_group_shared.to_value(),
@@ -681,13 +726,9 @@ impl ObjectImpl for CpuGuard {
     fn constructed(&self) {
         self.parent_constructed();
         let obj = self.obj();
-        // Passthrough from the start: buffers flow even before (or without) caps.
-        obj.set_passthrough(true);
-        super::direct::install(&obj);
-        // Set through the property: notified. Set with
-        // gst_base_transform_set_qos_enabled: seen at the next QOS event,
-        // before which QoS has nothing to drop by.
-        obj.connect_qos_notify(|obj| obj.imp().refresh_qos());
+        // Both pads exist from construction: adding them cannot fail.
+        let _ = obj.add_pad(&self.sinkpad);
+        let _ = obj.add_pad(&self.srcpad);
     }
 }
 
@@ -747,7 +788,16 @@ impl ElementImpl for CpuGuard {
         if transition == gst::StateChange::NullToReady {
             self.protect_pipeline();
         }
+        if transition == gst::StateChange::ReadyToPaused
+            && let Err(err) = self.start()
+        {
+            self.post_error_message(err);
+            return Err(gst::StateChangeError);
+        }
         let result = self.parent_change_state(transition);
+        if transition == gst::StateChange::PausedToReady {
+            self.stop();
+        }
         if transition == gst::StateChange::ReadyToNull {
             // Taken out first: dropping disconnects from the pipeline.
             let protection = lock(&self.protection).take();
@@ -774,12 +824,9 @@ impl ElementImpl for CpuGuard {
     }
 }
 
-impl BaseTransformImpl for CpuGuard {
-    const MODE: gst_base::subclass::BaseTransformMode =
-        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
-    const PASSTHROUGH_ON_SAME_CAPS: bool = true;
-    const TRANSFORM_IP_ON_PASSTHROUGH: bool = true;
-
+/// The streaming side: what the pads do.
+impl CpuGuard {
+    /// READY → PAUSED: check the settings and join the shared sampler.
     fn start(&self) -> Result<(), gst::ErrorMessage> {
         let settings = self.settings();
         let config = settings.policy_config();
@@ -797,6 +844,7 @@ impl BaseTransformImpl for CpuGuard {
         self.last_load.store(0f64.to_bits(), Ordering::Relaxed);
         self.last_cpu.store(0f64.to_bits(), Ordering::Relaxed);
         self.threads.clear();
+        self.stream.reset();
 
         let policy = PolicyKey {
             config,
@@ -856,13 +904,11 @@ impl BaseTransformImpl for CpuGuard {
                 )
             );
         }
-        // Deactivation clears passthrough; caps-less streams (fakesrc) need it
-        // again before the first buffer.
-        self.obj().set_passthrough(true);
         Ok(())
     }
 
-    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+    /// PAUSED → READY: leave the sampler.
+    fn stop(&self) {
         // Refuse the sampler's calls from now on: a round already under way
         // may still hold this element.
         lock(&self.state).member = None;
@@ -871,14 +917,116 @@ impl BaseTransformImpl for CpuGuard {
         drop(registration);
         *lock(&self.state) = State::default();
         self.inject_eos.store(false, Ordering::SeqCst);
-        Ok(())
     }
 
-    fn sink_event(&self, event: gst::Event) -> bool {
+    fn sink_chain(
+        &self,
+        pad: &gst::Pad,
+        buffer: gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let _ = pad;
+        self.reconfigure_if_asked()?;
+        self.on_buffer()?;
+        if self.stream.is_late(buffer.pts()) {
+            gst::debug!(CAT, imp = self, "QoS: dropping a late buffer {buffer:?}");
+            return Ok(gst::FlowSuccess::Ok);
+        }
+        self.stream.note_buffer(buffer.pts(), buffer.duration());
+        self.srcpad.push(buffer)
+    }
+
+    /// Lists stay lists downstream; the element's work runs once a list.
+    fn sink_chain_list(
+        &self,
+        pad: &gst::Pad,
+        list: gst::BufferList,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        if self.stream.qos() {
+            // Late buffers are dropped one by one, as without a list.
+            let mut result = Ok(gst::FlowSuccess::Ok);
+            for buffer in list.iter_owned() {
+                result = self.sink_chain(pad, buffer);
+                if result != Ok(gst::FlowSuccess::Ok) {
+                    break;
+                }
+            }
+            return result;
+        }
+        self.reconfigure_if_asked()?;
+        self.on_buffer()?;
+        // The last buffer with a timestamp sets the position.
+        if let Some(last) = list.iter().rev().find(|b| b.pts().is_some()) {
+            self.stream.note_buffer(last.pts(), last.duration());
+        }
+        self.srcpad.push_list(list)
+    }
+
+    /// When downstream asked for a RECONFIGURE, offer it the current input
+    /// caps again before pushing; refused, the buffer is not-negotiated and
+    /// the request stays for the next one.
+    fn reconfigure_if_asked(&self) -> Result<(), gst::FlowError> {
+        if !(self.reconfigure.load(Ordering::Relaxed)
+            && self.reconfigure.swap(false, Ordering::SeqCst))
+        {
+            return Ok(());
+        }
+        // Clears the pad's own flag, set as the event went through it.
+        self.srcpad.check_reconfigure();
+        let Some(caps) = self.sinkpad.current_caps() else {
+            return Ok(());
+        };
+        // Asked first: a refused sticky CAPS event still counts as pushed,
+        // and the refusal would only show at the buffer, with the request gone.
+        if self.srcpad.peer_query_accept_caps(&caps)
+            && self.srcpad.push_event(gst::event::Caps::new(&caps))
+        {
+            return Ok(());
+        }
+        self.srcpad.mark_reconfigure();
+        self.reconfigure.store(true, Ordering::SeqCst);
+        Err(
+            if self.srcpad.pad_flags().contains(gst::PadFlags::FLUSHING) {
+                gst::FlowError::Flushing
+            } else {
+                gst::FlowError::NotNegotiated
+            },
+        )
+    }
+
+    /// POSITION in TIME is answered from the buffers that went through;
+    /// everything else goes on as for any pass-through.
+    fn query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
+        if let gst::QueryViewMut::Position(position) = query.view_mut()
+            && position.format() == gst::Format::Time
+            && let Some(now) = self.stream.position()
+        {
+            position.set(now);
+            return true;
+        }
+        gst::Pad::query_default(pad, Some(&*self.obj()), query)
+    }
+
+    fn src_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
+        match event.view() {
+            gst::EventView::Qos(qos) => {
+                let (_, _, diff, timestamp) = qos.get();
+                self.stream.note_qos(diff, timestamp);
+            }
+            gst::EventView::Reconfigure(_) => self.reconfigure.store(true, Ordering::SeqCst),
+            _ => {}
+        }
+        gst::Pad::event_default(pad, Some(&*self.obj()), event)
+    }
+
+    fn sink_event(&self, pad: &gst::Pad, event: gst::Event) -> bool {
         self.threads.note_current();
-        match event.type_() {
-            gst::EventType::Eos => self.stream_ended.store(true, Ordering::SeqCst),
-            gst::EventType::FlushStop => self.stream_ended.store(false, Ordering::SeqCst),
+        match event.view() {
+            gst::EventView::Eos(_) => self.stream_ended.store(true, Ordering::SeqCst),
+            gst::EventView::FlushStop(_) => {
+                self.stream_ended.store(false, Ordering::SeqCst);
+                self.stream.reset();
+            }
+            gst::EventView::Segment(segment) => self.stream.set_segment(segment.segment()),
             _ => {}
         }
         match event.view() {
@@ -894,27 +1042,10 @@ impl BaseTransformImpl for CpuGuard {
                 {
                     return true;
                 }
-                self.parent_sink_event(event)
+                gst::Pad::event_default(pad, Some(&*self.obj()), event)
             }
-            _ => self.parent_sink_event(event),
+            _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
         }
-    }
-
-    fn src_event(&self, event: gst::Event) -> bool {
-        if event.type_() == gst::EventType::Qos {
-            self.refresh_qos();
-        }
-        self.parent_src_event(event)
-    }
-
-    /// Only runs when GstBaseTransform's own chain does (QoS on, pull mode):
-    /// the direct chain (direct.rs) calls `on_buffer` itself.
-    fn transform_ip_passthrough(
-        &self,
-        _buf: &gst::Buffer,
-    ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.on_buffer()?;
-        Ok(gst::FlowSuccess::Ok)
     }
 }
 
@@ -977,7 +1108,7 @@ impl CpuGuard {
     /// The element's work on every buffer: note the streaming thread, and end
     /// the stream from here (tagged EOS downstream, EOS flow upstream) when a
     /// drain asked for it. An `Err` means the buffer must not go on.
-    pub(super) fn on_buffer(&self) -> Result<(), gst::FlowError> {
+    fn on_buffer(&self) -> Result<(), gst::FlowError> {
         self.threads.note_current();
         if self.inject_eos.load(Ordering::Relaxed) && self.inject_eos.swap(false, Ordering::SeqCst)
         {
@@ -990,13 +1121,5 @@ impl CpuGuard {
             return Err(gst::FlowError::Eos);
         }
         Ok(())
-    }
-
-    pub(super) fn qos_enabled(&self) -> bool {
-        self.qos.load(Ordering::Relaxed)
-    }
-
-    fn refresh_qos(&self) {
-        self.qos.store(self.obj().is_qos(), Ordering::Relaxed);
     }
 }

@@ -4,19 +4,19 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod category;
 mod crossproc;
-mod direct;
-
 mod imp;
 mod monitor;
 mod properties;
 mod sampler;
+mod stream;
 mod threads;
 
 pub use sampler::SAMPLER_THREAD_NAME;
 
 glib::wrapper! {
-    pub struct CpuGuard(ObjectSubclass<imp::CpuGuard>) @extends gst_base::BaseTransform, gst::Element, gst::Object;
+    pub struct CpuGuard(ObjectSubclass<imp::CpuGuard>) @extends gst::Element, gst::Object;
 }
 
 /// The `load-source` property's values; nicks are the public names.

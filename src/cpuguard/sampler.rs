@@ -400,7 +400,7 @@ impl GroupState {
         self.cross = match crossproc::budget_of(&self.meter) {
             Ok(None) => {
                 gst::debug!(
-                    super::imp::CAT,
+                    super::category::CAT,
                     "load-source=process judges this process alone: no cross-process coordination"
                 );
                 Cross::Off
@@ -438,10 +438,10 @@ impl GroupState {
             }
         };
         if std::mem::take(&mut self.failing) {
-            gst::info!(super::imp::CAT, "Load readable again");
+            gst::info!(super::category::CAT, "Load readable again");
         }
         gst::debug!(
-            super::imp::CAT,
+            super::category::CAT,
             "Sample: load {:.3} ({}, capacity {:.2} CPUs) for {} instances",
             sample.load,
             sample.source.as_str(),
@@ -477,7 +477,7 @@ impl GroupState {
                         // As for a drain of ours: the load says nothing about
                         // the next victim until it is over.
                         gst::debug!(
-                            super::imp::CAT,
+                            super::category::CAT,
                             "Load {:.3}: waiting for the drain of pid {pid} (another process                              of this budget) to finish",
                             sample.load
                         );
@@ -486,7 +486,7 @@ impl GroupState {
                     }
                     Look::Fresh => {
                         gst::debug!(
-                            super::imp::CAT,
+                            super::category::CAT,
                             "A drain ran in another process of this budget: fresh hold"
                         );
                         coordinator.restart();
@@ -521,7 +521,7 @@ impl GroupState {
                             coordinator.defer(&victim.id, victim.trigger, victim.threshold);
                             wants = true;
                             gst::debug!(
-                                super::imp::CAT,
+                                super::category::CAT,
                                 "Load {:.3} calls for a drain; another process of the budget                                  goes first",
                                 sample.load
                             );
@@ -534,7 +534,7 @@ impl GroupState {
             match decision {
                 Decision::Drain(victim) => {
                     gst::info!(
-                        super::imp::CAT,
+                        super::category::CAT,
                         "Load {:.3} reached the {} threshold {}: choosing {}, the heaviest of \
                          {} (CPUs of their streaming threads)",
                         victim.load,
@@ -560,21 +560,21 @@ impl GroupState {
                 }
                 Decision::Wait(Verdict::Rising { count, hold }) => {
                     gst::debug!(
-                        super::imp::CAT,
+                        super::category::CAT,
                         "Load {:.3} high for {count}/{hold} samples",
                         sample.load
                     );
                 }
                 Decision::Wait(Verdict::WarmingUp { left }) => {
                     gst::debug!(
-                        super::imp::CAT,
+                        super::category::CAT,
                         "Load {:.3} not judged: its window covers start-up ({left} more to skip)",
                         sample.load
                     );
                 }
                 Decision::InFlight(id) => {
                     gst::debug!(
-                        super::imp::CAT,
+                        super::category::CAT,
                         "Load {:.3}: waiting for the drain of {} to finish",
                         sample.load,
                         name_of(&self.members, id)
@@ -582,14 +582,14 @@ impl GroupState {
                 }
                 Decision::NoCandidate => {
                     gst::debug!(
-                        super::imp::CAT,
+                        super::category::CAT,
                         "Load {:.3} calls for a drain but every instance is already ending",
                         sample.load
                     );
                 }
                 Decision::Wait(verdict) => {
                     gst::log!(
-                        super::imp::CAT,
+                        super::category::CAT,
                         "Load {:.3}: {verdict:?}, nothing to do",
                         sample.load
                     );
