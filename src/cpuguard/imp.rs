@@ -166,6 +166,57 @@ pub struct CpuGuard {
     told_non_live: AtomicBool,
 }
 
+/// The element as the shared sampler holds it.
+struct WeakGuard(glib::WeakRef<super::CpuGuard>);
+
+impl sampler::MemberRef for WeakGuard {
+    fn upgrade(&self) -> Option<Box<dyn sampler::Member>> {
+        self.0
+            .upgrade()
+            .map(|element| Box::new(element) as Box<dyn sampler::Member>)
+    }
+}
+
+/// What the sampler asks of the element and tells it: the element's own
+/// methods, so the sampler sees nothing else of it.
+impl sampler::Member for super::CpuGuard {
+    fn label(&self) -> String {
+        self.name().to_string()
+    }
+
+    fn check_drain(&self, now: Instant) -> Option<Duration> {
+        self.imp().check_drain(now)
+    }
+
+    fn facts(&self) -> MemberFacts {
+        self.imp().facts()
+    }
+
+    fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64) {
+        self.imp().on_sample(id, sample, cpu);
+    }
+
+    fn on_sample_error(&self, id: u64, err: &LoadError, first: bool) {
+        self.imp().on_sample_error(id, err, first);
+    }
+
+    fn on_coordination_warning(&self, id: u64, text: &str) {
+        self.imp().on_coordination_warning(id, text);
+    }
+
+    fn chosen(
+        &self,
+        id: u64,
+        victim: &Victim<u64>,
+        source: LoadSourceKind,
+        cpu: f64,
+        dry_run: bool,
+        reach: (Scope, usize),
+    ) -> bool {
+        self.imp().chosen(id, victim, source, cpu, dry_run, reach)
+    }
+}
+
 /// Locks that survive a panic elsewhere: a poisoned settings mutex must not take
 /// the pipeline down with a second panic across the FFI boundary.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -186,7 +237,7 @@ impl CpuGuard {
     /// Follows a drain in progress: notes completion, or posts the drain-timeout
     /// ERROR once the deadline has passed. Returns the time left to the deadline
     /// when there is one still to wait for.
-    pub(super) fn check_drain(&self, now: Instant) -> Option<Duration> {
+    fn check_drain(&self, now: Instant) -> Option<Duration> {
         let mut state = lock(&self.state);
         let drain = state.drain.as_mut()?;
         if drain.completed || drain.timed_out {
@@ -231,7 +282,7 @@ impl CpuGuard {
     }
 
     /// What the shared sampler needs to know before it decides.
-    pub(super) fn facts(&self) -> MemberFacts {
+    fn facts(&self) -> MemberFacts {
         let (dry_run, drain_non_live) = {
             let settings = lock(&self.settings);
             (settings.dry_run, settings.drain_non_live)
@@ -255,7 +306,7 @@ impl CpuGuard {
     }
 
     /// A sample of the shared load, with the CPU our own threads used.
-    pub(super) fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64) {
+    fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64) {
         if !self.is_member(id) {
             return;
         }
@@ -290,7 +341,7 @@ impl CpuGuard {
         }
     }
 
-    pub(super) fn on_sample_error(&self, id: u64, err: &LoadError, first: bool) {
+    fn on_sample_error(&self, id: u64, err: &LoadError, first: bool) {
         if !self.is_member(id) {
             return;
         }
@@ -307,7 +358,7 @@ impl CpuGuard {
 
     /// A once-only warning about cross-process coordination (unusable
     /// directory, a bad entry): on the bus as a WARNING message.
-    pub(super) fn on_coordination_warning(&self, id: u64, text: &str) {
+    fn on_coordination_warning(&self, id: u64, text: &str) {
         if !self.is_member(id) {
             return;
         }
@@ -316,7 +367,7 @@ impl CpuGuard {
 
     /// The sampler chose us as the victim. Returns whether a drain started
     /// (dry run: whether the report was made).
-    pub(super) fn chosen(
+    fn chosen(
         &self,
         id: u64,
         victim: &Victim<u64>,
@@ -856,8 +907,9 @@ impl CpuGuard {
                 ("Invalid cpuguard settings: {}", err)
             )
         })?;
-        let registration = sampler::register(&self.obj(), key, policy, self.threads.clone())
-            .map_err(|err| match err {
+        let member = Box::new(WeakGuard(self.obj().downgrade()));
+        let registration = sampler::register(member, key, policy, self.threads.clone()).map_err(
+            |err| match err {
                 sampler::RegisterError::Policy(err) => gst::error_msg!(
                     gst::LibraryError::Settings,
                     ("Invalid cpuguard settings: {}", err)
@@ -874,7 +926,8 @@ impl CpuGuard {
                     gst::CoreError::Thread,
                     ("cpuguard cannot start its sampling thread: {}", err)
                 ),
-            })?;
+            },
+        )?;
         gst::info!(
             CAT,
             imp = self,

@@ -20,10 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use gst::glib;
-use gst::prelude::*;
-use gst::subclass::prelude::*;
-
 use super::crossproc::{self, Look, Participation};
 use super::monitor::Monitor;
 use super::threads::{CpuUse, StreamingThreads};
@@ -76,11 +72,41 @@ pub(super) enum RegisterError {
     Thread(#[from] std::io::Error),
 }
 
-type Element = super::CpuGuard;
+/// What the sampler tells a member and asks of it. The element implements
+/// it; the sampler knows nothing else of the element.
+pub(super) trait Member {
+    /// For the log.
+    fn label(&self) -> String;
+    /// Follows the member's drain in progress; the time left to its deadline.
+    fn check_drain(&self, now: Instant) -> Option<Duration>;
+    fn facts(&self) -> MemberFacts;
+    fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64);
+    fn on_sample_error(&self, id: u64, err: &LoadError, first: bool);
+    fn on_coordination_warning(&self, id: u64, text: &str);
+    /// The member was chosen to drain (or, dry-run, would have been);
+    /// whether its drain started.
+    fn chosen(
+        &self,
+        id: u64,
+        victim: &Victim<u64>,
+        source: LoadSourceKind,
+        cpu: f64,
+        dry_run: bool,
+        reach: (Scope, usize),
+    ) -> bool;
+}
 
-struct Member {
+/// A member as the sampler holds it: weakly, so one that is gone is skipped
+/// and the sampler never keeps an element alive.
+pub(super) trait MemberRef: Send + Sync {
+    fn upgrade(&self) -> Option<Box<dyn Member>>;
+}
+
+type Element = Box<dyn Member>;
+
+struct Entry {
     id: u64,
-    element: glib::WeakRef<Element>,
+    element: Box<dyn MemberRef>,
     policy: PolicyKey,
     threads: Arc<StreamingThreads>,
     cpu: CpuUse,
@@ -88,7 +114,7 @@ struct Member {
 
 struct GroupState {
     meter: LoadMeter,
-    members: Vec<Member>,
+    members: Vec<Entry>,
     coordinators: Vec<(PolicyKey, Coordinator<u64>)>,
     due: Instant,
     failing: bool,
@@ -187,7 +213,7 @@ impl Drop for Registration {
 /// Joins (or starts) the group for `key`. The group's first sample comes one
 /// interval after it started, so it covers a full interval.
 pub(super) fn register(
-    element: &Element,
+    element: Box<dyn MemberRef>,
     key: SamplerKey,
     policy: PolicyKey,
     threads: Arc<StreamingThreads>,
@@ -208,9 +234,9 @@ pub(super) fn register(
         if !state.coordinators.iter().any(|(p, _)| *p == policy) {
             state.coordinators.push((policy, coordinator));
         }
-        state.members.push(Member {
+        state.members.push(Entry {
             id,
-            element: element.downgrade(),
+            element,
             policy,
             threads,
             cpu: CpuUse::default(),
@@ -293,14 +319,14 @@ impl Group {
         let now = Instant::now();
         let mut next_deadline = None::<Duration>;
         for (_, element) in &members {
-            if let Some(left) = element.imp().check_drain(now) {
+            if let Some(left) = element.check_drain(now) {
                 next_deadline = Some(next_deadline.map_or(left, |d| d.min(left)));
             }
         }
         if now >= lock(&self.state).due {
             let facts: HashMap<u64, MemberFacts> = members
                 .iter()
-                .map(|(id, element)| (*id, element.imp().facts()))
+                .map(|(id, element)| (*id, element.facts()))
                 .collect();
             let outcome = lock(&self.state).sample(self, now, &facts);
             self.deliver(outcome, &members);
@@ -315,7 +341,7 @@ impl Group {
         let (sample, cpu, chosen, warnings) = match outcome {
             Outcome::Failed { err, first } => {
                 for (id, element) in members {
-                    element.imp().on_sample_error(*id, &err, first);
+                    element.on_sample_error(*id, &err, first);
                 }
                 return;
             }
@@ -328,12 +354,12 @@ impl Group {
         };
         if let Some((id, element)) = members.first() {
             for text in &warnings {
-                element.imp().on_coordination_warning(*id, text);
+                element.on_coordination_warning(*id, text);
             }
         }
         for (id, element) in members {
             let own = cpu.get(id).copied().unwrap_or(0.0);
-            element.imp().on_sample(*id, &sample, own);
+            element.on_sample(*id, &sample, own);
         }
         for chosen in chosen {
             let id = chosen.victim.id;
@@ -341,7 +367,7 @@ impl Group {
                 .iter()
                 .find(|(member, _)| *member == id)
                 .is_some_and(|(_, element)| {
-                    element.imp().chosen(
+                    element.chosen(
                         id,
                         &chosen.victim,
                         sample.source,
@@ -366,16 +392,16 @@ impl Group {
 }
 
 /// The element's name for the log (its id if it is gone).
-fn name_of(members: &[Member], id: u64) -> String {
+fn name_of(members: &[Entry], id: u64) -> String {
     members
         .iter()
         .find(|m| m.id == id)
         .and_then(|m| m.element.upgrade())
-        .map_or_else(|| format!("instance {id}"), |e| e.name().to_string())
+        .map_or_else(|| format!("instance {id}"), |e| e.label())
 }
 
 /// "cpuguard0 0.50, cpuguard1 0.12 (ending)" for the victim-choice log line.
-fn describe(members: &[Member], candidates: &[Candidate<u64>]) -> String {
+fn describe(members: &[Entry], candidates: &[Candidate<u64>]) -> String {
     candidates
         .iter()
         .map(|c| {

@@ -8,6 +8,7 @@ use std::ops::RangeInclusive;
 use std::path::{Component, Path, PathBuf};
 
 use super::LoadError;
+pub(crate) use super::cgroup_file::{CgroupVersion, parse_u64};
 use super::mountinfo::{self, CgroupFs, CgroupMount, Membership};
 use super::paths::{HostPaths, read_if_present, read_into, read_string};
 use super::share::{ShareFile, set_by_kubernetes};
@@ -143,21 +144,6 @@ impl Located {
                 self.mount_dir.join(a)
             }
         })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum CgroupVersion {
-    V1,
-    V2,
-}
-
-impl CgroupVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::V1 => "v1",
-            Self::V2 => "v2",
-        }
     }
 }
 
@@ -470,11 +456,6 @@ pub(super) fn parse_usage_usec(text: &str) -> Result<u64, String> {
         .find_map(|line| line.strip_prefix("usage_usec "))
         .ok_or_else(|| "no usage_usec line".to_owned())
         .and_then(|v| parse_u64(v.trim()))
-}
-
-pub(super) fn parse_u64(text: &str) -> Result<u64, String> {
-    text.parse()
-        .map_err(|_| format!("expected an unsigned integer, got {text:?}"))
 }
 
 #[cfg(test)]

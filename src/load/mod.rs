@@ -11,6 +11,7 @@
 
 mod capacity;
 mod cgroup;
+mod cgroup_file;
 mod error;
 mod mountinfo;
 mod paths;

@@ -10,7 +10,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::LoadError;
-use super::cgroup::{CgroupVersion, parse_u64};
+use super::cgroup_file::{CgroupVersion, parse_u64};
 use super::paths::read_if_present;
 use super::request::CpuRequest;
 

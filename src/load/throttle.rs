@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::LoadError;
-use super::cgroup::{CgroupVersion, parse_u64};
+use super::cgroup_file::{CgroupVersion, parse_u64};
 use super::paths::read_if_present;
 
 /// Share of the window's whole CFS periods in which the group must have been

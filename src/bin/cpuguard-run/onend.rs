@@ -123,7 +123,8 @@ fn supervise(
     let mut outcome = Outcome::not_run(&input.command, "");
     outcome.error = None;
     let finish = |mut outcome: Outcome| {
-        outcome.duration_s = crate::report::round_ms(started.elapsed().as_secs_f64());
+        // Whole milliseconds, as every duration of the result.
+        outcome.duration_s = started.elapsed().as_millis() as f64 / 1000.0;
         outcome
     };
     let stdout = std::io::stderr()
