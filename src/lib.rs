@@ -6,6 +6,7 @@
 pub mod coordinator;
 pub mod cpuguard;
 pub mod crashsafe;
+pub mod drain_record;
 pub mod hostwide;
 pub mod load;
 pub mod messages;

@@ -71,12 +71,14 @@ fn bad_value(message: &'static str, field: &'static str, value: &str) -> Message
 }
 
 /// What started a drain: a threshold of the policy, or a request (the
-/// `drain` action, hence the supervisor's stop).
+/// `drain` action, hence the supervisor's stop). `Eos` is the supervisor's
+/// own: it sent EOS itself because the pipeline has no cpuguard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainTrigger {
     Soft,
     Hard,
     Request,
+    Eos,
 }
 
 impl DrainTrigger {
@@ -85,11 +87,12 @@ impl DrainTrigger {
             DrainTrigger::Soft => Trigger::Soft.as_str(),
             DrainTrigger::Hard => Trigger::Hard.as_str(),
             DrainTrigger::Request => "request",
+            DrainTrigger::Eos => "eos",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Soft, Self::Hard, Self::Request]
+        [Self::Soft, Self::Hard, Self::Request, Self::Eos]
             .into_iter()
             .find(|t| t.as_str() == text)
     }

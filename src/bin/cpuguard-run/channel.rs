@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::drain::Drain;
 use crate::report::State;
+use gstcpuguard::drain_record::DrainRecord;
 
 /// Marks an event line on a worker's stdout.
 pub const PREFIX: &str = "@cpuguard-worker ";
@@ -28,7 +28,7 @@ pub enum WorkerEvent {
         state: State,
         at: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        drain: Option<DrainEvent>,
+        drain: Option<DrainRecord>,
     },
     /// One sample of the worker's cpuguard: the load it judged, and the
     /// worker's whole-process CPU (what the elements rank processes by), for
@@ -40,51 +40,6 @@ pub enum WorkerEvent {
         source: String,
         process_cpu: Option<f64>,
     },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrainEvent {
-    pub reason: String,
-    /// `soft`, `hard`, `request`, ... (null until cpuguard said).
-    pub trigger: Option<String>,
-    pub element: Option<String>,
-    pub load: Option<f64>,
-    pub threshold: Option<f64>,
-    pub source: Option<String>,
-    pub requested_at: String,
-}
-
-impl DrainEvent {
-    pub fn of(drain: &Drain) -> Self {
-        DrainEvent {
-            reason: drain.reason.clone(),
-            trigger: drain.trigger.clone(),
-            element: drain.element.clone(),
-            load: drain.load.map(|l| (l * 10_000.0).round() / 10_000.0),
-            threshold: drain.threshold,
-            source: drain.source.clone(),
-            requested_at: drain.requested.rfc3339(),
-        }
-    }
-
-    /// "load 0.900 (system) reached the soft threshold 0.5", for a drain the
-    /// load triggered.
-    pub fn trigger_text(&self) -> Option<String> {
-        let (Some(trigger), Some(load)) = (&self.trigger, self.load) else {
-            return None;
-        };
-        if trigger == "request" {
-            return None;
-        }
-        let source = self
-            .source
-            .as_deref()
-            .map_or(String::new(), |s| format!(" ({s})"));
-        let threshold = self.threshold.map_or(String::new(), |t| format!(" {t}"));
-        Some(format!(
-            "load {load:.3}{source} reached the {trigger} threshold{threshold}"
-        ))
-    }
 }
 
 impl WorkerEvent {
@@ -114,14 +69,16 @@ mod tests {
 
     #[test]
     fn an_event_round_trips_through_its_line() {
-        let drain = DrainEvent {
-            reason: "cpu-limit".to_owned(),
-            trigger: Some("soft".to_owned()),
+        let drain = DrainRecord {
+            trigger: Some(gstcpuguard::messages::DrainTrigger::Soft),
             element: Some("cpuguard0".to_owned()),
             load: Some(0.9),
             threshold: Some(0.5),
             source: Some("system".to_owned()),
-            requested_at: "2026-12-03T06:00:04.290Z".to_owned(),
+            ..DrainRecord::requested(
+                gstcpuguard::reason::EndReason::CpuLimit,
+                "2026-12-03T06:00:04.290Z".to_owned(),
+            )
         };
         let event = WorkerEvent::State {
             state: State::Ending,
@@ -133,14 +90,9 @@ mod tests {
         assert!(!line.contains('\n'));
         assert_eq!(WorkerEvent::parse(&line).unwrap().unwrap(), event);
         assert_eq!(
-            drain.trigger_text().as_deref(),
+            drain.cause().as_deref(),
             Some("load 0.900 (system) reached the soft threshold 0.5")
         );
-        let requested = DrainEvent {
-            trigger: Some("request".to_owned()),
-            ..drain
-        };
-        assert_eq!(requested.trigger_text(), None);
     }
 
     #[test]

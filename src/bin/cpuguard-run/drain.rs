@@ -1,6 +1,10 @@
-//! A drain as the supervisor follows it: who asked, why, and what cpuguard
-//! reported about it (`cpuguard-drain` element messages).
+//! A drain as the supervisor follows it: the record every account of it
+//! gives (`gstcpuguard::drain_record`), and where the supervisor is with it.
 
+use std::ops::{Deref, DerefMut};
+
+use gstcpuguard::drain_record::DrainRecord;
+use gstcpuguard::messages::{self, MessageError};
 use gstcpuguard::reason::EndReason;
 
 use crate::report::Stamp;
@@ -8,13 +12,7 @@ use crate::report::Stamp;
 /// A drain under way or done.
 #[derive(Debug, Clone)]
 pub struct Drain {
-    pub reason: String,
-    pub description: String,
-    pub trigger: Option<String>,
-    pub element: Option<String>,
-    pub load: Option<f64>,
-    pub threshold: Option<f64>,
-    pub source: Option<String>,
+    pub record: DrainRecord,
     pub requested: Stamp,
     /// False while a stop request that every cpuguard refused (because one was
     /// already draining) waits for that drain's `cpuguard-drain` message.
@@ -22,83 +20,84 @@ pub struct Drain {
     /// True while the `cpuguard-drain` message answering the supervisor's own
     /// request (which carries the load and source) has not been seen.
     pub awaiting_echo: bool,
-    pub completed: bool,
     /// The stop came when every source had already sent its own EOS: the
     /// run ends as a natural end (reason eos), not as this drain.
     pub natural_end: bool,
     pub ended: Option<Stamp>,
 }
 
+impl Deref for Drain {
+    type Target = DrainRecord;
+
+    fn deref(&self) -> &DrainRecord {
+        &self.record
+    }
+}
+
+impl DerefMut for Drain {
+    fn deref_mut(&mut self) -> &mut DrainRecord {
+        &mut self.record
+    }
+}
+
 impl Drain {
-    /// A drain the supervisor asks for (SIGTERM/SIGHUP), before it is sent.
-    pub fn requested(reason: &EndReason) -> Self {
+    fn new(record: DrainRecord, requested: Stamp) -> Self {
         Drain {
-            reason: reason.as_str().to_owned(),
-            description: reason.description(),
-            trigger: None,
-            element: None,
-            load: None,
-            threshold: None,
-            source: None,
-            requested: Stamp::now(),
+            record,
+            requested,
             confirmed: true,
             awaiting_echo: false,
-            completed: false,
             natural_end: false,
             ended: None,
         }
     }
 
-    /// From a `cpuguard-drain` element message.
-    pub fn from_message(s: &gst::StructureRef, element: String) -> Self {
-        let reason = s
-            .get::<String>("reason")
-            .unwrap_or_else(|_| EndReason::CPU_LIMIT.to_owned());
-        let description = s.get::<String>("description").unwrap_or_else(|_| {
-            EndReason::parse(&reason)
-                .map(|r| r.description())
-                .unwrap_or_else(|_| reason.clone())
-        });
-        Drain {
-            reason,
-            description,
-            trigger: s.get::<String>("trigger").ok(),
+    /// A drain the supervisor asks for (SIGTERM/SIGHUP), before it is sent.
+    pub fn requested(reason: &EndReason) -> Self {
+        let requested = Stamp::now();
+        Self::new(
+            DrainRecord::requested(reason.clone(), requested.rfc3339()),
+            requested,
+        )
+    }
+
+    /// From a `cpuguard-drain` or `cpuguard-would-drain` element message.
+    pub fn from_message(s: &gst::StructureRef, element: String) -> Result<Self, MessageError> {
+        let said = if s.name() == messages::Drain::DRY_RUN_NAME {
+            messages::Drain::from_dry_run_structure(s)?
+        } else {
+            messages::Drain::from_structure(s)?
+        };
+        let requested = Stamp::now();
+        let record = DrainRecord {
+            trigger: Some(said.trigger),
             element: Some(element),
-            load: s.get::<f64>("load").ok(),
-            threshold: s.get::<f64>("threshold").ok(),
-            source: s.get::<String>("source").ok(),
-            requested: Stamp::now(),
-            confirmed: true,
-            awaiting_echo: false,
-            completed: false,
-            natural_end: false,
-            ended: None,
-        }
+            load: Some(said.load),
+            threshold: Some(said.threshold),
+            source: Some(said.source.map_or("none", |s| s.as_str()).to_owned()),
+            ..DrainRecord::requested(said.reason, requested.rfc3339())
+        };
+        Ok(Self::new(record, requested))
     }
 
     /// Details from cpuguard's message about a drain the supervisor asked for.
     pub fn fill_from(&mut self, other: Drain) {
         self.awaiting_echo = false;
-        self.trigger = other.trigger.or(self.trigger.take());
-        self.load = other.load;
-        self.threshold = other.threshold;
-        self.source = other.source;
+        self.record.trigger = other.record.trigger.or(self.record.trigger);
+        self.record.load = other.record.load;
+        self.record.threshold = other.record.threshold;
+        self.record.source = other.record.source;
     }
 
-    pub fn summary(&self) -> String {
-        let mut text = format!("{} ({})", self.description, self.reason);
-        if let (Some(trigger), Some(load)) = (&self.trigger, self.load)
-            && trigger != "request"
-        {
-            let threshold = self.threshold.map_or(String::new(), |t| format!(" {t}"));
-            let source = self
-                .source
-                .as_deref()
-                .map_or(String::new(), |s| format!(", source {s}"));
-            text.push_str(&format!(
-                ": load {load:.3} reached the {trigger} threshold{threshold}{source}"
-            ));
+    /// The record as of `now`: the load rounded as every load of the result,
+    /// the time taken so far (or in all, once ended) and the timeout applied.
+    pub fn record_at(&self, now: &Stamp, timeout_ms: Option<u32>) -> DrainRecord {
+        DrainRecord {
+            load: self.record.load.map(|v| (v * 10_000.0).round() / 10_000.0),
+            requested_at: self.requested.rfc3339(),
+            duration_s: self.requested.seconds_until(&self.ended.unwrap_or(*now)),
+            timeout_ms,
+            ..self.record.clone()
         }
-        text
     }
 }

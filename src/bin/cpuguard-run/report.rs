@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use gstcpuguard::drain_record::DrainRecord;
 use serde::{Deserialize, Serialize};
 
 /// Reasons the supervisor reports besides the drain reasons of
@@ -103,30 +104,6 @@ pub struct SignalReport {
     pub action: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DrainReport {
-    /// The drain reason (`cpu-limit`, `stop-requested`, ...).
-    pub reason: String,
-    /// Its human text ("CPU limit reached").
-    pub description: String,
-    /// `soft`, `hard` or `request` (from cpuguard), or `eos` when the
-    /// supervisor sent EOS itself because the pipeline has no cpuguard.
-    pub trigger: Option<String>,
-    /// The cpuguard element that drained.
-    pub element: Option<String>,
-    /// The load and threshold cpuguard reported when draining.
-    pub load: Option<f64>,
-    pub threshold: Option<f64>,
-    pub source: Option<String>,
-    pub requested_at: String,
-    /// True when the pipeline reached EOS.
-    pub completed: bool,
-    /// From the drain request to the pipeline's EOS, or to giving up.
-    pub duration_s: f64,
-    /// The drain timeout applied, null when waiting forever.
-    pub timeout_ms: Option<u32>,
-}
-
 /// What crash safety did with one muxer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CrashSafeReport {
@@ -206,7 +183,7 @@ pub struct Report {
     /// online CPUs), as of the last sample; null without samples.
     pub capacity: Option<f64>,
     pub drain_requested_at: Option<String>,
-    pub drain: Option<DrainReport>,
+    pub drain: Option<DrainRecord>,
     /// Every state the run went through, in order.
     pub states: Vec<StateChange>,
     /// Every handled signal received, in order.

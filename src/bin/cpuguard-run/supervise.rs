@@ -27,11 +27,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use gst::prelude::*;
+use gstcpuguard::messages::DrainTrigger;
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::Signal;
 
 use crate::branches::SinkWatch;
-use crate::channel::{self, DrainEvent, WorkerEvent};
+use crate::channel::{self, WorkerEvent};
 use crate::drain::Drain;
 use crate::exit;
 use crate::finish::Notifier;
@@ -41,8 +42,7 @@ use crate::observe::Observer;
 use crate::outputs::Outputs;
 use crate::progress::progress;
 use crate::report::{
-    CrashSafeReport, DrainReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons,
-    round_ms,
+    CrashSafeReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons, round_ms,
 };
 use crate::signals::Router;
 
@@ -259,7 +259,11 @@ impl Supervisor {
                 state,
                 at: now.rfc3339(),
                 drain: (state == State::Ending)
-                    .then(|| self.drain.as_ref().map(DrainEvent::of))
+                    .then(|| {
+                        self.drain
+                            .as_ref()
+                            .map(|d| d.record_at(&now, self.drain_timeout_ms))
+                    })
                     .flatten(),
             });
         }
@@ -408,10 +412,12 @@ impl Supervisor {
                 match s.name().as_str() {
                     "cpuguard-load" => self.on_load(s),
                     "cpuguard-drain" => self.on_guard_drain(s, source),
-                    "cpuguard-would-drain" => {
-                        let would = Drain::from_message(s, source.clone());
-                        progress!("dry run: {source} would drain: {}", would.summary());
-                    }
+                    "cpuguard-would-drain" => match Drain::from_message(s, source.clone()) {
+                        Ok(would) => {
+                            progress!("dry run: {source} would drain: {}", would.summary())
+                        }
+                        Err(err) => progress!("warning: {source}: {err}"),
+                    },
                     _ => {}
                 }
             }
@@ -480,19 +486,30 @@ impl Supervisor {
     }
 
     fn on_guard_drain(&mut self, s: &gst::StructureRef, element: String) {
-        let reported = Drain::from_message(s, element.clone());
+        let reported = match Drain::from_message(s, element.clone()) {
+            Ok(reported) => reported,
+            Err(err) => {
+                progress!("warning: {element}: {err}");
+                return;
+            }
+        };
         match self.drain.as_mut() {
             None => {
                 progress!("{element} drains: {}", reported.summary());
-                let label = match (&reported.trigger, reported.load) {
-                    (Some(trigger), Some(load)) if trigger != "request" => format!(
-                        "drain: {} ({trigger} threshold, load {load:.2})",
-                        reported.reason
-                    ),
+                let label = match (reported.trigger, reported.load) {
+                    (Some(trigger @ (DrainTrigger::Soft | DrainTrigger::Hard)), Some(load)) => {
+                        format!(
+                            "drain: {} ({trigger} threshold, load {load:.2})",
+                            reported.reason
+                        )
+                    }
                     _ => format!("drain: {}", reported.reason),
                 };
-                self.observer
-                    .drain_started(reported.requested.mono, &reported.reason, label);
+                self.observer.drain_started(
+                    reported.requested.mono,
+                    reported.reason.as_str(),
+                    label,
+                );
                 self.drain = Some(reported);
                 self.enter(State::Ending, "");
                 self.start_timer();
@@ -613,7 +630,7 @@ impl Supervisor {
             }
             Some(drain) => {
                 drain.completed = true;
-                let (reason, description) = (drain.reason.clone(), drain.description.clone());
+                let (reason, description) = (drain.reason.to_string(), drain.description.clone());
                 progress!(
                     "pipeline reached EOS: drain completed in {:.3} s",
                     drain.requested.seconds_until(&Stamp::now())
@@ -696,7 +713,7 @@ impl Supervisor {
         let drain = Drain::requested(&reason);
         self.observer.drain_started(
             drain.requested.mono,
-            &drain.reason,
+            drain.reason.as_str(),
             format!("{signal}: drain ({})", drain.reason),
         );
         self.drain = Some(drain);
@@ -743,7 +760,7 @@ impl Supervisor {
             // thread): a pipeline-level send_event holds the pipeline's state
             // lock while a blocked sink keeps it waiting, and NULL would then
             // deadlock.
-            drain.trigger = Some("eos".to_owned());
+            drain.trigger = Some(DrainTrigger::Eos);
             progress!("{why}: no cpuguard: EOS sent to the pipeline's sources");
             let sources = gstcpuguard::pipeline_eos::push_eos_from_sources(
                 self.pipeline.upcast_ref(),
@@ -762,7 +779,7 @@ impl Supervisor {
         }
         // One accepted request is enough: cpuguard sends EOS to the whole pipeline.
         let accepted = drainable.iter().find(|g| {
-            g.emit_by_name_with_values("drain", &[drain.reason.to_value()])
+            g.emit_by_name_with_values("drain", &[drain.reason.as_str().to_value()])
                 .and_then(|v| v.get::<bool>().ok())
                 .unwrap_or(false)
         });
@@ -811,7 +828,7 @@ impl Supervisor {
         let reason = self
             .drain
             .as_ref()
-            .map_or_else(|| "unknown".to_owned(), |d| d.reason.clone());
+            .map_or_else(|| "unknown".to_owned(), |d| d.reason.to_string());
         let text = format!("Drain ({reason}) did not complete within the drain timeout ({ms} ms)");
         if self.error_in_drain.is_some() {
             let waiting = self
@@ -874,7 +891,7 @@ impl Supervisor {
             let ended = Stamp::now();
             drain.ended = Some(ended);
             self.observer
-                .drain_ended(&drain.reason, drain.requested.seconds_until(&ended));
+                .drain_ended(drain.reason.as_str(), drain.requested.seconds_until(&ended));
         }
         self.observer.result(status.as_str(), reason);
 
@@ -974,19 +991,10 @@ impl Supervisor {
                 .collect()
         });
         let round_load = |v: f64| (v * 10_000.0).round() / 10_000.0;
-        let drain = self.drain.as_ref().map(|d| DrainReport {
-            reason: d.reason.clone(),
-            description: d.description.clone(),
-            trigger: d.trigger.clone(),
-            element: d.element.clone(),
-            load: d.load.map(round_load),
-            threshold: d.threshold,
-            source: d.source.clone(),
-            requested_at: d.requested.rfc3339(),
-            completed: d.completed,
-            duration_s: d.requested.seconds_until(&d.ended.unwrap_or(now)),
-            timeout_ms: self.drain_timeout_ms,
-        });
+        let drain = self
+            .drain
+            .as_ref()
+            .map(|d| d.record_at(&now, self.drain_timeout_ms));
         Report {
             status: outcome.status,
             reason: outcome.reason,

@@ -26,15 +26,16 @@ use super::admission::Admission;
 use super::timing::SampleTiming;
 use super::worker::{self, Event};
 use super::{Job, Plan};
-use crate::channel::{DrainEvent, WorkerEvent};
+use crate::channel::WorkerEvent;
 use crate::exit;
 use crate::log::CAT;
 use crate::observe::Observer;
 use crate::progress::progress;
 use crate::report::{
-    DrainReport, Report, ReportFile, SignalReport, Stamp, State, StateChange, print_line, reasons,
-    round_ms,
+    Report, ReportFile, SignalReport, Stamp, State, StateChange, print_line, reasons, round_ms,
 };
+use gstcpuguard::drain_record::DrainRecord;
+use gstcpuguard::messages::DrainTrigger;
 
 /// After SIGINT, how long workers get to stop before their groups are killed:
 /// a worker's own stop grace plus a margin.
@@ -57,7 +58,7 @@ struct ParentDrain {
     deadline: Option<Instant>,
     timeout_ms: Option<u32>,
     /// What the worker said about it, if it did.
-    said: Option<DrainEvent>,
+    said: Option<DrainRecord>,
 }
 
 struct Worker {
@@ -469,7 +470,7 @@ impl Parent {
     /// Worker `id` said ENDING. A drain the parent did not ask for is the
     /// worker's own (its cpuguard won the coordination, or someone signalled
     /// the worker directly): the parent times it from now.
-    fn on_worker_drain(&mut self, id: u32, said: Option<DrainEvent>) {
+    fn on_worker_drain(&mut self, id: u32, said: Option<DrainRecord>) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -479,15 +480,15 @@ impl Parent {
             if drain.said.is_none()
                 && let Some(said) = said
             {
-                drain.reason = said.reason.clone();
+                drain.reason = said.reason.to_string();
                 drain.said = Some(said);
             }
             return;
         }
         let reason = said
             .as_ref()
-            .map_or_else(|| EndReason::CPU_LIMIT.to_owned(), |d| d.reason.clone());
-        let cause = said.as_ref().and_then(DrainEvent::trigger_text);
+            .map_or_else(|| EndReason::CPU_LIMIT.to_owned(), |d| d.reason.to_string());
+        let cause = said.as_ref().and_then(DrainRecord::cause);
         match &cause {
             Some(cause) => progress!(
                 "{cause}: draining worker {id} (pid {}), reason {reason}, as its cpuguard decided",
@@ -521,7 +522,7 @@ impl Parent {
         &mut self,
         id: u32,
         reason: String,
-        said: Option<DrainEvent>,
+        said: Option<DrainRecord>,
         signal: Option<Signal>,
     ) {
         let Some(w) = self.workers.get_mut(&id) else {
@@ -679,7 +680,8 @@ impl Parent {
         self.observer.worker_gone(id);
         self.observer.result(report.status.as_str(), &report.reason);
         if let Some(drain) = &report.drain {
-            self.observer.drain_ended(&drain.reason, drain.duration_s);
+            self.observer
+                .drain_ended(drain.reason.as_str(), drain.duration_s);
         }
         self.observer.running(self.workers.len());
         let result = WorkerResult {
@@ -839,7 +841,7 @@ fn result_of(w: &Worker) -> Report {
 /// is what its drain should say.
 fn with_parent_drain(mut report: Report, w: &Worker) -> Report {
     if let (Some(drain), Some(parent)) = (report.drain.as_mut(), w.drain.as_ref())
-        && drain.reason == parent.reason
+        && drain.reason.as_str() == parent.reason
     {
         drain.timeout_ms = parent.timeout_ms;
     }
@@ -862,24 +864,23 @@ fn made_report(
         state: State::Failed,
         at: ended.rfc3339(),
     });
-    let drain = w.drain.as_ref().map(|d| DrainReport {
-        reason: d.reason.clone(),
-        description: EndReason::parse(&d.reason)
-            .map_or_else(|_| d.reason.clone(), |r| r.description()),
-        trigger: Some(
-            d.said
-                .as_ref()
-                .and_then(|s| s.trigger.clone())
-                .unwrap_or_else(|| "request".to_owned()),
-        ),
-        element: d.said.as_ref().and_then(|s| s.element.clone()),
-        load: d.said.as_ref().and_then(|s| s.load),
-        threshold: d.said.as_ref().and_then(|s| s.threshold),
-        source: d.said.as_ref().and_then(|s| s.source.clone()),
-        requested_at: d.requested.rfc3339(),
-        completed: false,
-        duration_s: d.requested.seconds_until(&ended),
-        timeout_ms: d.timeout_ms,
+    let drain = w.drain.as_ref().map(|d| {
+        let reason = EndReason::parse(&d.reason).unwrap_or(EndReason::CpuLimit);
+        // What the worker said of it, else a drain the parent asked for.
+        let said = d
+            .said
+            .clone()
+            .unwrap_or_else(|| DrainRecord::requested(reason.clone(), String::new()));
+        DrainRecord {
+            description: reason.description(),
+            reason,
+            trigger: Some(said.trigger.unwrap_or(DrainTrigger::Request)),
+            requested_at: d.requested.rfc3339(),
+            completed: false,
+            duration_s: d.requested.seconds_until(&ended),
+            timeout_ms: d.timeout_ms,
+            ..said
+        }
     });
     Report {
         status: State::Failed,

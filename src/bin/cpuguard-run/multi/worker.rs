@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(report.capacity, Some(2.0));
         let drain = report.drain.expect("drain");
         assert_eq!(
-            (drain.trigger.as_deref(), drain.completed),
+            (drain.trigger.map(|t| t.as_str()), drain.completed),
             (Some("hard"), true)
         );
         assert_eq!(report.states.len(), 2);
