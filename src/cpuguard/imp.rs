@@ -7,10 +7,9 @@ use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::LoadSource;
-use super::sampler::{self, MemberFacts, PolicyKey, Registration, SamplerKey};
+use super::sampler::{self, Chosen, MemberFacts, PolicyKey, Registration, SamplerKey};
 use super::stream::StreamPosition;
 use super::threads::StreamingThreads;
-use crate::coordinator::Victim;
 use crate::hostwide::{self, DirSettingError, Scope};
 use crate::load::{CpuRequest, LoadError, LoadSample, LoadSourceKind};
 use crate::messages::{self, DrainTrigger, Refusal};
@@ -204,16 +203,8 @@ impl sampler::Member for super::CpuGuard {
         self.imp().on_coordination_warning(id, text);
     }
 
-    fn chosen(
-        &self,
-        id: u64,
-        victim: &Victim<u64>,
-        source: LoadSourceKind,
-        cpu: f64,
-        dry_run: bool,
-        reach: (Scope, usize),
-    ) -> bool {
-        self.imp().chosen(id, victim, source, cpu, dry_run, reach)
+    fn chosen(&self, chosen: &Chosen, source: LoadSourceKind) -> bool {
+        self.imp().chosen(chosen, source)
     }
 }
 
@@ -367,16 +358,17 @@ impl CpuGuard {
 
     /// The sampler chose us as the victim. Returns whether a drain started
     /// (dry run: whether the report was made).
-    fn chosen(
-        &self,
-        id: u64,
-        victim: &Victim<u64>,
-        source: LoadSourceKind,
-        cpu: f64,
-        dry_run: bool,
-        (scope, candidates): (Scope, usize),
-    ) -> bool {
-        if !self.is_member(id) {
+    fn chosen(&self, chosen: &Chosen, source: LoadSourceKind) -> bool {
+        let Chosen {
+            victim,
+            cpu,
+            dry_run,
+            scope,
+            candidates,
+            ..
+        } = chosen;
+        let (cpu, dry_run, scope, candidates) = (*cpu, *dry_run, *scope, *candidates);
+        if !self.is_member(victim.id) {
             return false;
         }
         let notice = messages::Drain {
@@ -602,6 +594,25 @@ impl CpuGuard {
     }
 }
 
+/// One of our two pads: events to `on_event`, queries to `query`, and caps
+/// and allocation left to downstream (the buffers pass unchanged).
+fn pad_builder(
+    klass: &<CpuGuard as ObjectSubclass>::Class,
+    name: &str,
+    on_event: fn(&CpuGuard, &gst::Pad, gst::Event) -> bool,
+) -> gst::PadBuilder<gst::Pad> {
+    // The templates are the element's own, registered with the class.
+    let templ = klass.pad_template(name).expect("cpuguard's pad template");
+    gst::Pad::builder_from_template(&templ)
+        .event_function(move |pad, parent, event| {
+            CpuGuard::catch_panic_pad_function(parent, || false, |imp| on_event(imp, pad, event))
+        })
+        .query_function(|pad, parent, query| {
+            CpuGuard::catch_panic_pad_function(parent, || false, |imp| imp.query(pad, query))
+        })
+        .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
+}
+
 #[glib::object_subclass]
 impl ObjectSubclass for CpuGuard {
     const NAME: &'static str = "GstCpuGuard";
@@ -611,8 +622,7 @@ impl ObjectSubclass for CpuGuard {
     /// Its own pads, as gst-plugins-rs `livesync` has: a pass-through with
     /// no parent class between the buffers and the element's work.
     fn with_class(klass: &Self::Class) -> Self {
-        let templ = klass.pad_template("sink").expect("sink template");
-        let sinkpad = gst::Pad::builder_from_template(&templ)
+        let sinkpad = pad_builder(klass, "sink", CpuGuard::sink_event)
             .chain_function(|pad, parent, buffer| {
                 CpuGuard::catch_panic_pad_function(
                     parent,
@@ -627,33 +637,8 @@ impl ObjectSubclass for CpuGuard {
                     |imp| imp.sink_chain_list(pad, list),
                 )
             })
-            .event_function(|pad, parent, event| {
-                CpuGuard::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.sink_event(pad, event),
-                )
-            })
-            .query_function(|pad, parent, query| {
-                CpuGuard::catch_panic_pad_function(parent, || false, |imp| imp.query(pad, query))
-            })
-            // Caps and allocation are downstream's: the buffers pass unchanged.
-            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
             .build();
-        let templ = klass.pad_template("src").expect("src template");
-        let srcpad = gst::Pad::builder_from_template(&templ)
-            .event_function(|pad, parent, event| {
-                CpuGuard::catch_panic_pad_function(
-                    parent,
-                    || false,
-                    |imp| imp.src_event(pad, event),
-                )
-            })
-            .query_function(|pad, parent, query| {
-                CpuGuard::catch_panic_pad_function(parent, || false, |imp| imp.query(pad, query))
-            })
-            .flags(gst::PadFlags::PROXY_CAPS | gst::PadFlags::PROXY_ALLOCATION)
-            .build();
+        let srcpad = pad_builder(klass, "src", CpuGuard::src_event).build();
         CpuGuard {
             sinkpad,
             srcpad,

@@ -85,15 +85,7 @@ pub(super) trait Member {
     fn on_coordination_warning(&self, id: u64, text: &str);
     /// The member was chosen to drain (or, dry-run, would have been);
     /// whether its drain started.
-    fn chosen(
-        &self,
-        id: u64,
-        victim: &Victim<u64>,
-        source: LoadSourceKind,
-        cpu: f64,
-        dry_run: bool,
-        reach: (Scope, usize),
-    ) -> bool;
+    fn chosen(&self, chosen: &Chosen, source: LoadSourceKind) -> bool;
 }
 
 /// A member as the sampler holds it: weakly, so one that is gone is skipped
@@ -246,15 +238,17 @@ pub(super) fn register(
     Ok(Registration { group, id })
 }
 
-/// One drain decision, carried out once the group lock is released.
-struct Chosen {
-    victim: Victim<u64>,
+/// One drain decision, carried out once the group lock is released: the
+/// victim (its `id` is the member's), its CPU, and how far the choice reached.
+pub(super) struct Chosen {
+    pub victim: Victim<u64>,
     policy: PolicyKey,
-    cpu: f64,
-    dry_run: bool,
+    pub cpu: f64,
+    /// Dry run: report that it would drain, never drain.
+    pub dry_run: bool,
     /// How far the choice reached, and how many were compared.
-    scope: Scope,
-    candidates: usize,
+    pub scope: Scope,
+    pub candidates: usize,
 }
 
 enum Outcome {
@@ -366,16 +360,7 @@ impl Group {
             let started = members
                 .iter()
                 .find(|(member, _)| *member == id)
-                .is_some_and(|(_, element)| {
-                    element.chosen(
-                        id,
-                        &chosen.victim,
-                        sample.source,
-                        chosen.cpu,
-                        chosen.dry_run,
-                        (chosen.scope, chosen.candidates),
-                    )
-                });
+                .is_some_and(|(_, element)| element.chosen(&chosen, sample.source));
             if !started && !chosen.dry_run {
                 // It stopped, or an application drain got there first: free the slot.
                 self.finished(chosen.policy, id);
