@@ -359,15 +359,8 @@ impl CpuGuard {
     /// The sampler chose us as the victim. Returns whether a drain started
     /// (dry run: whether the report was made).
     fn chosen(&self, chosen: &Chosen, source: LoadSourceKind) -> bool {
-        let Chosen {
-            victim,
-            cpu,
-            dry_run,
-            scope,
-            candidates,
-            ..
-        } = chosen;
-        let (cpu, dry_run, scope, candidates) = (*cpu, *dry_run, *scope, *candidates);
+        let (victim, cpu, dry_run) = (&chosen.victim, chosen.cpu, chosen.dry_run);
+        let (scope, candidates) = (chosen.scope, chosen.candidates);
         if !self.is_member(victim.id) {
             return false;
         }
