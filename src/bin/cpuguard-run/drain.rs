@@ -20,9 +20,6 @@ pub struct Drain {
     /// True while the `cpuguard-drain` message answering the supervisor's own
     /// request (which carries the load and source) has not been seen.
     pub awaiting_echo: bool,
-    /// The stop came when every source had already sent its own EOS: the
-    /// run ends as a natural end (reason eos), not as this drain.
-    pub natural_end: bool,
     pub ended: Option<Stamp>,
 }
 
@@ -47,7 +44,6 @@ impl Drain {
             requested,
             confirmed: true,
             awaiting_echo: false,
-            natural_end: false,
             ended: None,
         }
     }

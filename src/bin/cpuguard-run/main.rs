@@ -21,6 +21,7 @@ mod cli;
 mod drain;
 mod exit;
 mod finish;
+mod flow;
 mod guard;
 mod log;
 mod metrics;

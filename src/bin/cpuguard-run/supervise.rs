@@ -36,6 +36,7 @@ use crate::channel::{self, WorkerEvent};
 use crate::drain::Drain;
 use crate::exit;
 use crate::finish::Notifier;
+use crate::flow::{self, Action, End, Event, Flow, Ignored, Phase};
 use crate::guard;
 use crate::log::CAT;
 use crate::observe::Observer;
@@ -117,10 +118,8 @@ struct Supervisor {
     drain: Option<Drain>,
     timer: Option<glib::SourceId>,
     outcome: Option<Outcome>,
-    /// The pipeline's last state-changed message said PLAYING.
-    playing: bool,
-    /// A stop request came before the pipeline played: sent once it does.
-    stop_deferred: bool,
+    /// Where the run is, and what each event does to it (flow.rs).
+    flow: Flow,
     peak_load: Option<f64>,
     last_load: Option<f64>,
     load_source: Option<String>,
@@ -160,8 +159,7 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             drain: None,
             timer: None,
             outcome: None,
-            playing: false,
-            stop_deferred: false,
+            flow: Flow::default(),
             peak_load: None,
             last_load: None,
             load_source: None,
@@ -313,7 +311,7 @@ impl Supervisor {
     }
 
     fn fail_to_start(&mut self, text: &str) {
-        if self.outcome.is_none() {
+        if flow::step(&mut self.flow, Event::StartFailed) == [Action::Finish(End::Error)] {
             progress!("error: {text}");
             self.finish(
                 State::Failed,
@@ -361,32 +359,40 @@ impl Supervisor {
                 let text = err.error().to_string();
                 let debug = err.debug().map(|d| d.to_string());
                 let source = src.map(|s| s.name().to_string());
-                let from_guard = self.is_guard(src);
-                if from_guard
-                    && self.drain.is_some()
-                    && err.error().matches(gst::StreamError::Failed)
-                {
-                    progress!("{}: {text}", source.as_deref().unwrap_or("cpuguard"));
-                    self.finish(
-                        State::Failed,
-                        reasons::DRAIN_TIMEOUT,
-                        reasons::DRAIN_TIMEOUT_TEXT,
-                        Some((text, source, debug)),
-                    );
-                } else if self.state == State::Ending {
-                    let failed = src.and_then(|s| s.downcast_ref::<gst::Element>()).cloned();
-                    self.on_error_in_drain((text, source, debug), failed);
-                } else {
-                    progress!(
-                        "error from {}: {text}",
-                        source.as_deref().unwrap_or("the pipeline")
-                    );
-                    self.finish(
-                        State::Failed,
-                        reasons::ERROR,
-                        reasons::ERROR_TEXT,
-                        Some((text, source, debug)),
-                    );
+                // cpuguard's own drain-timeout ERROR.
+                let drain_timeout =
+                    self.is_guard(src) && err.error().matches(gst::StreamError::Failed);
+                for action in flow::step(&mut self.flow, Event::Error { drain_timeout }) {
+                    let details = (text.clone(), source.clone(), debug.clone());
+                    match action {
+                        Action::Finish(End::DrainTimeout) => {
+                            progress!("{}: {text}", source.as_deref().unwrap_or("cpuguard"));
+                            self.finish(
+                                State::Failed,
+                                reasons::DRAIN_TIMEOUT,
+                                reasons::DRAIN_TIMEOUT_TEXT,
+                                Some(details),
+                            );
+                        }
+                        Action::WatchBranches => {
+                            let failed =
+                                src.and_then(|s| s.downcast_ref::<gst::Element>()).cloned();
+                            self.on_error_in_drain(details, failed);
+                        }
+                        Action::Finish(_) => {
+                            progress!(
+                                "error from {}: {text}",
+                                source.as_deref().unwrap_or("the pipeline")
+                            );
+                            self.finish(
+                                State::Failed,
+                                reasons::ERROR,
+                                reasons::ERROR_TEXT,
+                                Some(details),
+                            );
+                        }
+                        _ => {}
+                    }
                 }
             }
             MessageView::Warning(w) => {
@@ -395,14 +401,16 @@ impl Supervisor {
                 progress!("warning from {source}: {}", w.error());
             }
             MessageView::StateChanged(change) if self.is_pipeline(src) => {
-                self.playing = change.current() == gst::State::Playing;
-                if self.playing && self.state == State::Starting {
-                    self.observer.running(1);
-                    self.enter(State::Active, ": pipeline PLAYING");
-                }
-                if self.playing && self.stop_deferred {
-                    self.stop_deferred = false;
-                    self.send_stop("pipeline PLAYING");
+                let playing = change.current() == gst::State::Playing;
+                for action in flow::step(&mut self.flow, Event::Playing(playing)) {
+                    match action {
+                        Action::Enter(Phase::Active) => {
+                            self.observer.running(1);
+                            self.enter(State::Active, ": pipeline PLAYING");
+                        }
+                        Action::SendStop => self.send_stop("pipeline PLAYING"),
+                        _ => {}
+                    }
                 }
             }
             MessageView::Element(element) => {
@@ -493,27 +501,48 @@ impl Supervisor {
                 return;
             }
         };
-        match self.drain.as_mut() {
-            None => {
-                progress!("{element} drains: {}", reported.summary());
-                let label = match (reported.trigger, reported.load) {
-                    (Some(trigger @ (DrainTrigger::Soft | DrainTrigger::Hard)), Some(load)) => {
-                        format!(
-                            "drain: {} ({trigger} threshold, load {load:.2})",
-                            reported.reason
-                        )
+        let mut reported = Some(reported);
+        for action in flow::step(&mut self.flow, Event::GuardDrained) {
+            match action {
+                Action::AdoptGuardDrain => {
+                    let Some(reported) = reported.take() else {
+                        continue;
+                    };
+                    progress!("{element} drains: {}", reported.summary());
+                    let label = match (reported.trigger, reported.load) {
+                        (Some(trigger @ (DrainTrigger::Soft | DrainTrigger::Hard)), Some(load)) => {
+                            format!(
+                                "drain: {} ({trigger} threshold, load {load:.2})",
+                                reported.reason
+                            )
+                        }
+                        _ => format!("drain: {}", reported.reason),
+                    };
+                    self.observer.drain_started(
+                        reported.requested.mono,
+                        reported.reason.as_str(),
+                        label,
+                    );
+                    self.drain = Some(reported);
+                }
+                Action::MergeGuardDrain => {
+                    if let Some(reported) = reported.take() {
+                        self.merge_guard_drain(reported, &element);
                     }
-                    _ => format!("drain: {}", reported.reason),
-                };
-                self.observer.drain_started(
-                    reported.requested.mono,
-                    reported.reason.as_str(),
-                    label,
-                );
-                self.drain = Some(reported);
-                self.enter(State::Ending, "");
-                self.start_timer();
+                }
+                Action::Enter(Phase::Ending) => self.enter(State::Ending, ""),
+                Action::StartTimer => self.start_timer(),
+                _ => {}
             }
+        }
+    }
+
+    /// cpuguard's drain message when the run already has a drain: the one a
+    /// refused stop request waits for, the answer to the supervisor's own
+    /// request, or another element draining too.
+    fn merge_guard_drain(&mut self, reported: Drain, element: &str) {
+        match self.drain.as_mut() {
+            None => {}
             Some(drain) if !drain.confirmed => {
                 progress!(
                     "{element} was already draining: {} (the stop request joins it)",
@@ -595,7 +624,11 @@ impl Supervisor {
             return false;
         }
         progress!("the branches the error did not reach have finished");
-        self.fail_with_drain_error(None);
+        if flow::step(&mut self.flow, Event::BranchesDone)
+            == [Action::Finish(End::DrainError { timed_out: false })]
+        {
+            self.fail_with_drain_error(None);
+        }
         true
     }
 
@@ -618,28 +651,37 @@ impl Supervisor {
     }
 
     fn on_eos(&mut self) {
-        if self.error_in_drain.is_some() {
-            self.fail_with_drain_error(None);
-            return;
-        }
-        match self.drain.as_mut() {
-            Some(drain) if drain.natural_end => {
+        for action in flow::step(&mut self.flow, Event::Eos) {
+            let Action::Finish(end) = action else {
+                continue;
+            };
+            // The EOS came: the drain finished, unless an error decides the run.
+            if !matches!(end, End::DrainError { .. })
+                && let Some(drain) = self.drain.as_mut()
+            {
                 drain.completed = true;
-                progress!("pipeline reached EOS by itself (a stop request came during its end)");
-                self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
             }
-            Some(drain) => {
-                drain.completed = true;
-                let (reason, description) = (drain.reason.to_string(), drain.description.clone());
-                progress!(
-                    "pipeline reached EOS: drain completed in {:.3} s",
-                    drain.requested.seconds_until(&Stamp::now())
-                );
-                self.finish(State::Complete, &reason, &description, None);
-            }
-            None => {
-                progress!("pipeline reached EOS by itself");
-                self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+            match (end, self.drain.as_ref()) {
+                (End::DrainError { .. }, _) => self.fail_with_drain_error(None),
+                (End::Drained, Some(drain)) => {
+                    let (reason, description) =
+                        (drain.reason.to_string(), drain.description.clone());
+                    progress!(
+                        "pipeline reached EOS: drain completed in {:.3} s",
+                        drain.requested.seconds_until(&Stamp::now())
+                    );
+                    self.finish(State::Complete, &reason, &description, None);
+                }
+                (_, Some(_)) => {
+                    progress!(
+                        "pipeline reached EOS by itself (a stop request came during its end)"
+                    );
+                    self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+                }
+                (_, None) => {
+                    progress!("pipeline reached EOS by itself");
+                    self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+                }
             }
         }
     }
@@ -653,7 +695,7 @@ impl Supervisor {
             action: String::new(),
         });
         self.observer.signal(signal.as_str());
-        let action = if self.outcome.is_some() {
+        let action = if self.flow.phase == Phase::Ended {
             "none (the run had already ended)".to_owned()
         } else {
             match signal {
@@ -672,7 +714,7 @@ impl Supervisor {
     fn interrupt(&mut self) -> String {
         // An EOS (or ERROR) already on the bus came first: report it as it happened.
         self.handle_pending();
-        if self.outcome.is_some() {
+        if flow::step(&mut self.flow, Event::Interrupt) != [Action::Finish(End::Interrupted)] {
             progress!("SIGINT: the run had already ended");
             return "none (the run had already ended)".to_owned();
         }
@@ -696,37 +738,41 @@ impl Supervisor {
     /// SIGTERM or SIGHUP: drain with reason stop-requested; SIGUSR1: cpu-limit.
     fn stop(&mut self, signal: Signal, reason: EndReason) -> String {
         self.handle_pending();
-        if self.outcome.is_some() {
-            progress!("{signal}: the run had already ended");
-            return "none (the run had already ended)".to_owned();
-        }
-        if let Some(drain) = &self.drain {
-            progress!(
-                "{signal}: a drain ({}) is already under way; still waiting for it \
-                 (SIGINT stops at once)",
-                drain.reason
-            );
-            return "none (already draining)".to_owned();
-        }
-
-        progress!("{signal}: graceful stop, draining ({})", reason.as_str());
-        let drain = Drain::requested(&reason);
-        self.observer.drain_started(
-            drain.requested.mono,
-            drain.reason.as_str(),
-            format!("{signal}: drain ({})", drain.reason),
-        );
-        self.drain = Some(drain);
-        self.enter(State::Ending, "");
-        // The drain timeout counts from the signal, whatever happens next.
-        self.start_timer();
-        if self.playing {
-            self.send_stop(signal.as_str());
-        } else {
-            // An EOS sent while the sources are still starting is lost: send it
-            // once the pipeline plays (or give up at the drain timeout).
-            progress!("{signal}: the pipeline is not playing yet; draining as soon as it is");
-            self.stop_deferred = true;
+        for action in flow::step(&mut self.flow, Event::Stop) {
+            match action {
+                Action::Ignore(Ignored::AlreadyDraining) => {
+                    let reason = self.drain.as_ref().map(|d| d.reason.to_string());
+                    progress!(
+                        "{signal}: a drain ({}) is already under way; still waiting for it \
+                         (SIGINT stops at once)",
+                        reason.unwrap_or_default()
+                    );
+                    return "none (already draining)".to_owned();
+                }
+                Action::Ignore(_) => {
+                    progress!("{signal}: the run had already ended");
+                    return "none (the run had already ended)".to_owned();
+                }
+                Action::StartDrain => {
+                    progress!("{signal}: graceful stop, draining ({})", reason.as_str());
+                    let drain = Drain::requested(&reason);
+                    self.observer.drain_started(
+                        drain.requested.mono,
+                        drain.reason.as_str(),
+                        format!("{signal}: drain ({})", drain.reason),
+                    );
+                    self.drain = Some(drain);
+                }
+                Action::Enter(Phase::Ending) => self.enter(State::Ending, ""),
+                Action::StartTimer => self.start_timer(),
+                Action::SendStop => self.send_stop(signal.as_str()),
+                // An EOS sent while the sources are still starting is lost:
+                // it goes once the pipeline plays (or the drain timeout ends it).
+                Action::DeferStop => progress!(
+                    "{signal}: the pipeline is not playing yet; draining as soon as it is"
+                ),
+                _ => {}
+            }
         }
         "drain".to_owned()
     }
@@ -747,7 +793,7 @@ impl Supervisor {
             // The EOS is already on its way to the sinks: a drain now would
             // only cut off what is queued behind it, and the run is a natural
             // end (the drain timeout still bounds the wait).
-            drain.natural_end = true;
+            flow::step(&mut self.flow, Event::NaturalEnd);
             progress!(
                 "{why}: the pipeline is already ending by itself (its sources sent EOS); \
                  waiting for its EOS"
@@ -822,15 +868,16 @@ impl Supervisor {
     fn on_drain_timeout(&mut self, ms: u32) {
         // An EOS already on the bus arrived in time.
         self.handle_pending();
-        if self.outcome.is_some() || self.state != State::Ending {
+        let Some(Action::Finish(end)) = flow::step(&mut self.flow, Event::DrainTimeout).pop()
+        else {
             return;
-        }
+        };
         let reason = self
             .drain
             .as_ref()
             .map_or_else(|| "unknown".to_owned(), |d| d.reason.to_string());
         let text = format!("Drain ({reason}) did not complete within the drain timeout ({ms} ms)");
-        if self.error_in_drain.is_some() {
+        if end == (End::DrainError { timed_out: true }) {
             let waiting = self
                 .error_in_drain
                 .as_ref()
