@@ -291,6 +291,24 @@ fn drain_action_rejects_empty_reason() {
     assert!(e.emit_by_name::<bool>("drain", &[&"maintenance"]));
 }
 
+/// A drain asked for before the element runs has nothing to end: refused,
+/// and no drain is left over to fire at the next start.
+#[test]
+fn drain_action_before_start_is_refused() {
+    let e = guard(&[("load-source", v("system")), ("interval", v(60_000u32))]);
+    assert!(!e.emit_by_name::<bool>("drain", &[&"maintenance"]));
+    let (mut h, bus) = harness_with_bus(e.clone());
+    h.play();
+    h.push(gst::Buffer::new()).expect("the buffer goes on");
+    assert!(h.pull().is_ok());
+    assert!(
+        bus.iter()
+            .all(|m| !is_element_message(&m, "cpuguard-drain")),
+        "a drain from before the start"
+    );
+    assert!(e.emit_by_name::<bool>("drain", &[&"maintenance"]));
+}
+
 #[test]
 fn upstream_eos_during_drain_carries_reason_and_tag() {
     let e = guard(&[("load-source", v("system"))]);

@@ -114,7 +114,9 @@ struct Drain {
     /// Where completion is checked; `None` when the element has no parent bin.
     top: Option<gst::Element>,
     started: Instant,
-    deadline: Option<Instant>,
+    /// The drain-timeout deadline, on the system clock: its callback posts
+    /// the ERROR if the drain has not completed by then.
+    deadline: Option<gst::SingleShotClockId>,
     timeout_ms: u32,
     completed: bool,
     timed_out: bool,
@@ -122,13 +124,49 @@ struct Drain {
     eos_forwarded: bool,
 }
 
-#[derive(Default)]
+impl Drain {
+    /// Whether the drain is over (completed or timed out), noting completion
+    /// when every sink has the EOS (or, with no parent bin, ours went out).
+    fn finished(&mut self) -> bool {
+        if self.completed || self.timed_out {
+            return true;
+        }
+        self.completed = match &self.top {
+            Some(top) => drain::all_sinks_eos(top),
+            None => self.eos_forwarded,
+        };
+        if self.completed {
+            gst::info!(
+                CAT,
+                "Drain ({}) completed in {} ms",
+                self.reason,
+                self.started.elapsed().as_millis()
+            );
+            self.cancel_deadline();
+        }
+        self.completed
+    }
+
+    fn cancel_deadline(&mut self) {
+        if let Some(deadline) = self.deadline.take() {
+            deadline.unschedule();
+        }
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.cancel_deadline();
+    }
+}
+
+/// What exists only while the element runs, from READY→PAUSED to
+/// PAUSED→READY. Dropped with no lock held: leaving the sampler may join
+/// its thread, which may be waiting for this lock.
 struct State {
-    /// Our membership in the shared sampler while started; the sampler's
-    /// calls for any other id are stale (an earlier start) and ignored.
-    member: Option<u64>,
-    /// The resolved load source while started.
-    source: Option<LoadSourceKind>,
+    /// Our membership in the shared sampler; its calls for any other id are
+    /// stale (an earlier run) and ignored.
+    registration: Registration,
     drain: Option<Drain>,
 }
 
@@ -136,10 +174,8 @@ pub struct CpuGuard {
     sinkpad: gst::Pad,
     srcpad: gst::Pad,
     settings: Mutex<Settings>,
-    state: Mutex<State>,
-    /// Apart from `state`: leaving the sampler may join its thread, which
-    /// may be waiting for `state`.
-    registration: Mutex<Option<Registration>>,
+    /// `None` while stopped.
+    state: Mutex<Option<State>>,
     threads: Arc<StreamingThreads>,
     /// Last load sample as f64 bits, readable without a lock by the `load` property.
     last_load: AtomicU64,
@@ -183,10 +219,6 @@ impl sampler::Member for super::CpuGuard {
         self.name().to_string()
     }
 
-    fn check_drain(&self, now: Instant) -> Option<Duration> {
-        self.imp().check_drain(now)
-    }
-
     fn facts(&self) -> MemberFacts {
         self.imp().facts()
     }
@@ -225,32 +257,19 @@ impl CpuGuard {
         f64::from_bits(self.last_load.load(Ordering::Relaxed))
     }
 
-    /// Follows a drain in progress: notes completion, or posts the drain-timeout
-    /// ERROR once the deadline has passed. Returns the time left to the deadline
-    /// when there is one still to wait for.
-    fn check_drain(&self, now: Instant) -> Option<Duration> {
+    /// The drain-timeout deadline of run `run` has come: unless the drain
+    /// completed, post the ERROR that tells the application to tear down.
+    fn on_drain_deadline(&self, run: u64) {
         let mut state = lock(&self.state);
-        let drain = state.drain.as_mut()?;
-        if drain.completed || drain.timed_out {
-            return None;
-        }
-        drain.completed = match &drain.top {
-            Some(top) => drain::all_sinks_eos(top),
-            None => drain.eos_forwarded,
+        let Some(drain) = state
+            .as_mut()
+            .filter(|state| state.registration.id() == run)
+            .and_then(|state| state.drain.as_mut())
+        else {
+            return;
         };
-        if drain.completed {
-            gst::info!(
-                CAT,
-                imp = self,
-                "Drain ({}) completed in {} ms",
-                drain.reason,
-                drain.started.elapsed().as_millis()
-            );
-            return None;
-        }
-        let deadline = drain.deadline?;
-        if now < deadline {
-            return Some(deadline - now);
+        if drain.finished() {
+            return;
         }
         drain.timed_out = true;
         let (reason, timeout_ms) = (drain.reason.clone(), drain.timeout_ms);
@@ -269,7 +288,27 @@ impl CpuGuard {
             ),
             ["reason: {reason}; the pipeline did not reach EOS in time, tear it down"]
         );
-        None
+    }
+
+    /// Starts the clock that ends the drain's wait at drain-timeout.
+    fn drain_deadline(&self, run: u64, timeout: Duration) -> Option<gst::SingleShotClockId> {
+        let clock = gst::SystemClock::obtain();
+        let timeout = gst::ClockTime::try_from(timeout).unwrap_or(gst::ClockTime::MAX);
+        let at = clock.time().saturating_add(timeout);
+        let deadline = clock.new_single_shot_id(at);
+        let weak = self.obj().downgrade();
+        let waiting = deadline.wait_async(move |_, _, _| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp().on_drain_deadline(run);
+            }
+        });
+        match waiting {
+            Ok(_) => Some(deadline),
+            Err(err) => {
+                gst::warning!(CAT, imp = self, "No drain deadline: {err:?}");
+                None
+            }
+        }
     }
 
     /// What the shared sampler needs to know before it decides.
@@ -283,17 +322,19 @@ impl CpuGuard {
         let by_itself = self.ending_by_itself(top.as_ref());
         let exempt = !drain_non_live && top.as_ref().is_some_and(|top| !drain::is_live(top));
         self.exempt_non_live.store(exempt, Ordering::Relaxed);
-        let state = lock(&self.state);
-        let drain = state.drain.as_ref();
+        let mut state = lock(&self.state);
+        let drain = state.as_mut().and_then(|state| state.drain.as_mut());
         MemberFacts {
             ending: drain.is_some() || by_itself || exempt,
-            drain_finished: drain.is_some_and(|d| d.completed || d.timed_out),
+            drain_finished: drain.is_some_and(Drain::finished),
             dry_run,
         }
     }
 
     fn is_member(&self, id: u64) -> bool {
-        lock(&self.state).member == Some(id)
+        lock(&self.state)
+            .as_ref()
+            .is_some_and(|state| state.registration.id() == id)
     }
 
     /// A sample of the shared load, with the CPU our own threads used.
@@ -459,6 +500,10 @@ impl CpuGuard {
         }
         {
             let mut state = lock(&self.state);
+            let Some(state) = state.as_mut() else {
+                gst::warning!(CAT, imp = self, "Not running: no drain ({})", notice.reason);
+                return false;
+            };
             if let Some(drain) = &state.drain {
                 let text = format!("a drain ({}) is already under way", drain.reason);
                 gst::info!(
@@ -467,15 +512,17 @@ impl CpuGuard {
                     "{text}; ignoring drain ({})",
                     notice.reason
                 );
-                drop(state);
                 self.post_refusal(&notice.reason, Refusal::AlreadyDraining, &text);
                 return false;
             }
+            let run = state.registration.id();
             state.drain = Some(Drain {
                 reason: notice.reason.clone(),
                 top: top.clone(),
                 started: Instant::now(),
-                deadline: settings.drain_timeout().map(|t| Instant::now() + t),
+                deadline: settings
+                    .drain_timeout()
+                    .and_then(|timeout| self.drain_deadline(run, timeout)),
                 timeout_ms: settings.drain_timeout_ms,
                 completed: false,
                 timed_out: false,
@@ -515,17 +562,7 @@ impl CpuGuard {
         if end_own_branch {
             self.inject_eos.store(true, Ordering::SeqCst);
         }
-        // The drain deadline may be sooner than the next sample: wake the monitor.
-        self.restart_monitor_wait();
         true
-    }
-
-    /// The sampler computes its wait at each tick; a drain deadline set since
-    /// then may be sooner, so make it tick now and wait afresh.
-    fn restart_monitor_wait(&self) {
-        if let Some(registration) = lock(&self.registration).as_ref() {
-            registration.wake();
-        }
     }
 
     /// Handles the `drain` action signal.
@@ -538,7 +575,9 @@ impl CpuGuard {
             }
         };
         let settings = self.settings();
-        let source = lock(&self.state).source;
+        let source = lock(&self.state)
+            .as_ref()
+            .map(|state| state.registration.source());
         gst::info!(
             CAT,
             imp = self,
@@ -561,7 +600,7 @@ impl CpuGuard {
     fn forward_tagged_eos(&self, seqnum: Option<gst::Seqnum>) -> bool {
         let (reason, started) = {
             let mut state = lock(&self.state);
-            match state.drain.as_mut() {
+            match state.as_mut().and_then(|state| state.drain.as_mut()) {
                 Some(drain) if !drain.eos_forwarded => {
                     drain.eos_forwarded = true;
                     (drain.reason.clone(), drain.started)
@@ -637,7 +676,6 @@ impl ObjectSubclass for CpuGuard {
             srcpad,
             settings: Mutex::default(),
             state: Mutex::default(),
-            registration: Mutex::default(),
             threads: Arc::default(),
             last_load: AtomicU64::new(0f64.to_bits()),
             last_cpu: AtomicU64::new(0f64.to_bits()),
@@ -865,7 +903,6 @@ impl CpuGuard {
                 ("Invalid cpuguard settings: {}", err)
             )
         })?;
-        *lock(&self.state) = State::default();
         self.inject_eos.store(false, Ordering::SeqCst);
         self.stream_ended.store(false, Ordering::SeqCst);
         self.exempt_non_live.store(false, Ordering::SeqCst);
@@ -913,12 +950,10 @@ impl CpuGuard {
              like ours): {}",
             registration.describe()
         );
-        {
-            let mut state = lock(&self.state);
-            state.member = Some(registration.id());
-            state.source = Some(registration.source());
-        }
-        let previous = lock(&self.registration).replace(registration);
+        let previous = lock(&self.state).replace(State {
+            registration,
+            drain: None,
+        });
         drop(previous);
         if (1..1000).contains(&settings.drain_timeout_ms) {
             // A bare number is milliseconds: `drain-timeout=30` meant as
@@ -940,13 +975,11 @@ impl CpuGuard {
 
     /// PAUSED → READY: leave the sampler.
     fn stop(&self) {
-        // Refuse the sampler's calls from now on: a round already under way
-        // may still hold this element.
-        lock(&self.state).member = None;
-        // Taken out first so no lock is held if leaving joins the sampler thread.
-        let registration = lock(&self.registration).take();
-        drop(registration);
-        *lock(&self.state) = State::default();
+        // Taken out first so no lock is held if leaving joins the sampler
+        // thread; the sampler's calls are refused from now on (a round
+        // already under way may still hold this element).
+        let state = lock(&self.state).take();
+        drop(state);
         self.inject_eos.store(false, Ordering::SeqCst);
     }
 
@@ -1067,8 +1100,8 @@ impl CpuGuard {
                 }
                 // Our EOS already went out (injected): this one is redundant.
                 if lock(&self.state)
-                    .drain
                     .as_ref()
+                    .and_then(|state| state.drain.as_ref())
                     .is_some_and(|d| d.eos_forwarded)
                 {
                     return true;
@@ -1133,7 +1166,9 @@ impl CpuGuard {
     }
 
     fn has_drain(&self) -> bool {
-        lock(&self.state).drain.is_some()
+        lock(&self.state)
+            .as_ref()
+            .is_some_and(|state| state.drain.is_some())
     }
 
     /// The element's work on every buffer: note the streaming thread, and end

@@ -12,8 +12,6 @@ use std::time::Duration;
 #[derive(Default)]
 struct Flags {
     stopped: bool,
-    /// Set by `wake`: tick now rather than at the end of the current wait.
-    nudged: bool,
 }
 
 #[derive(Default)]
@@ -32,11 +30,10 @@ impl StopFlag {
     /// Waits up to `wait`; false once stopped.
     fn wait(&self, wait: Duration) -> bool {
         let flags = self.lock();
-        let (mut flags, _) = self
+        let (flags, _) = self
             .wake
-            .wait_timeout_while(flags, wait, |f| !f.stopped && !f.nudged)
+            .wait_timeout_while(flags, wait, |f| !f.stopped)
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        flags.nudged = false;
         !flags.stopped
     }
 }
@@ -70,12 +67,6 @@ impl Monitor {
             flag,
             handle: Some(handle),
         })
-    }
-
-    /// Makes the thread tick now (e.g. a new deadline is sooner than its wait).
-    pub fn wake(&self) {
-        self.flag.lock().nudged = true;
-        self.flag.wake.notify_all();
     }
 
     pub fn stop(mut self) {
@@ -126,27 +117,6 @@ mod tests {
         long.stop();
         monitor.stop();
         assert!(started.elapsed() < Duration::from_secs(5));
-    }
-
-    #[test]
-    fn wake_ticks_before_the_wait_ends() {
-        let ticks = Arc::new(AtomicU32::new(0));
-        let counter = ticks.clone();
-        let monitor = Monitor::spawn("test-wake", Duration::from_secs(3600), move || {
-            counter.fetch_add(1, Ordering::SeqCst);
-            Some(Duration::from_secs(3600))
-        })
-        .unwrap();
-        monitor.wake();
-        let started = Instant::now();
-        while ticks.load(Ordering::SeqCst) == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "wake did not tick"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
-        monitor.stop();
     }
 
     #[test]

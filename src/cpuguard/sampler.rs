@@ -77,8 +77,6 @@ pub(super) enum RegisterError {
 pub(super) trait Member {
     /// For the log.
     fn label(&self) -> String;
-    /// Follows the member's drain in progress; the time left to its deadline.
-    fn check_drain(&self, now: Instant) -> Option<Duration>;
     fn facts(&self) -> MemberFacts;
     fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64);
     fn on_sample_error(&self, id: u64, err: &LoadError, first: bool);
@@ -159,14 +157,6 @@ impl Registration {
 
     pub fn describe(&self) -> &str {
         &self.group.description
-    }
-
-    /// Makes the sampler look at drains now (a new deadline may be sooner
-    /// than its current wait).
-    pub fn wake(&self) {
-        if let Some(monitor) = lock(&self.group.monitor).as_ref() {
-            monitor.wake();
-        }
     }
 }
 
@@ -305,19 +295,13 @@ impl Group {
             .collect()
     }
 
-    /// One round of the thread: follow drains, sample when due; returns how
-    /// long to wait. A round may come early (woken for a drain deadline);
-    /// sampling keeps to its schedule so every sample covers a full interval.
+    /// One round of the thread: sample when due; returns how long to wait.
+    /// Sampling keeps to its schedule so every sample covers a full
+    /// interval. Drains follow their own deadlines (the element's clock ids).
     fn tick(&self) -> Duration {
-        let members = self.members();
         let now = Instant::now();
-        let mut next_deadline = None::<Duration>;
-        for (_, element) in &members {
-            if let Some(left) = element.check_drain(now) {
-                next_deadline = Some(next_deadline.map_or(left, |d| d.min(left)));
-            }
-        }
         if now >= lock(&self.state).due {
+            let members = self.members();
             let facts: HashMap<u64, MemberFacts> = members
                 .iter()
                 .map(|(id, element)| (*id, element.facts()))
@@ -325,10 +309,9 @@ impl Group {
             let outcome = lock(&self.state).sample(self, now, &facts);
             self.deliver(outcome, &members);
         }
-        let until_due = lock(&self.state)
+        lock(&self.state)
             .due
-            .saturating_duration_since(Instant::now());
-        next_deadline.map_or(until_due, |d| d.min(until_due))
+            .saturating_duration_since(Instant::now())
     }
 
     fn deliver(&self, outcome: Outcome, members: &[(u64, Element)]) {
