@@ -16,6 +16,7 @@
 
 mod admission;
 mod coordination;
+mod lifecycle;
 mod parent;
 mod timing;
 mod worker;

@@ -3,11 +3,9 @@
 //! ENDING event, or a stop the parent asked for) and escalates an overdue one,
 //! and, with `--max-utilization` only, samples the load to admit waiting jobs.
 //! Which worker drains is not decided here: the workers' cpuguard elements
-//! coordinate through the coordination directory.
-//!
-//! Escalation is checked on every pass of the loop, whatever the load: LiveKit
-//! Egress escalates only on high ticks, so a drain stuck after the load came
-//! down was never killed.
+//! coordinate through the coordination directory. What each event does to a
+//! worker is decided by `lifecycle.rs`; this loop carries it out and keeps
+//! the record its result is made from.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
@@ -23,6 +21,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::admission::Admission;
+use super::lifecycle::{self, Ask, Do, Input, Life, Why};
 use super::timing::SampleTiming;
 use super::worker::{self, Event};
 use super::{Job, Plan};
@@ -40,9 +39,6 @@ use gstcpuguard::messages::DrainTrigger;
 /// After SIGINT, how long workers get to stop before their groups are killed:
 /// a worker's own stop grace plus a margin.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(6);
-/// How long a worker's stdout may stay open after it exited (a helper process
-/// that inherited it) before its result is made without it.
-const STDOUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Reason for a job that never started because the run was stopped first.
 const NOT_STARTED: &str = "not-started";
@@ -55,7 +51,6 @@ struct ParentDrain {
     reason: String,
     /// When the parent asked, or heard of it: the drain timeout counts from here.
     requested: Stamp,
-    deadline: Option<Instant>,
     timeout_ms: Option<u32>,
     /// What the worker said about it, if it did.
     said: Option<DrainRecord>,
@@ -65,29 +60,21 @@ struct Worker {
     job: Job,
     pid: i32,
     started: Stamp,
+    /// Where it is, and what each event does to it.
+    life: Life,
     /// States as the worker announced them on stderr.
     states: Vec<StateChange>,
-    /// The worker printed something, so its signal handlers are installed:
-    /// before that a SIGTERM or SIGUSR1 would kill it.
-    ready: bool,
-    deferred: Option<(Signal, &'static str)>,
     sent: Vec<SignalReport>,
     drain: Option<ParentDrain>,
-    /// When the parent killed the worker's group, and why.
-    killed: Option<(Stamp, String)>,
-    interrupted: bool,
-    exit: Option<(ExitStatus, Instant)>,
+    status: Option<ExitStatus>,
     /// CPU seconds it used, from its rusage once reaped.
     cpu_s: Option<f64>,
-    stdout: Option<String>,
+    /// Its stdout once closed (empty if given up on).
+    stdout: String,
 }
 
 impl Worker {
     fn send(&mut self, signal: Signal, action: &'static str) {
-        if !self.ready && signal != Signal::SIGKILL {
-            self.deferred = Some((signal, action));
-            return;
-        }
         self.sent.push(SignalReport {
             signal: signal.as_str().to_owned(),
             at: Stamp::now().rfc3339(),
@@ -104,10 +91,22 @@ impl Worker {
         }
     }
 
-    fn kill_group(&mut self, why: String) {
-        if self.killed.is_none() && self.exit.is_none() {
-            self.send(Signal::SIGKILL, "kill");
-            self.killed = Some((Stamp::now(), why));
+    /// Why it was killed, as its result says.
+    fn killed_text(&self, why: Why) -> String {
+        match why {
+            Why::DrainTimeout => {
+                let (reason, ms) = self.drain.as_ref().map_or_else(
+                    || (String::new(), 0),
+                    |d| (d.reason.clone(), d.timeout_ms.unwrap_or_default()),
+                );
+                format!(
+                    "Drain ({reason}) did not complete within the drain timeout ({ms} ms): \
+                     worker killed (SIGKILL to its process group)"
+                )
+            }
+            Why::SigintBeforeStart => "SIGINT before it started".to_owned(),
+            Why::StillRunningAfterSigint => "still running after SIGINT".to_owned(),
+            Why::SigintAgain => "SIGINT again".to_owned(),
         }
     }
 }
@@ -245,7 +244,7 @@ impl Parent {
                 self.on_event(event);
             }
             let now = Instant::now();
-            self.check_deadlines(now);
+            self.tick(now);
             if now >= next_sample {
                 if !self.waiting.is_empty() && self.stopping.is_none() {
                     self.admit(now);
@@ -259,15 +258,56 @@ impl Parent {
 
     /// The earliest escalation, interrupt or stdout deadline.
     fn next_deadline(&self) -> Option<Instant> {
-        let mut deadlines: Vec<Instant> = self.interrupt_deadline.into_iter().collect();
-        for w in self.workers.values() {
-            match (&w.exit, &w.drain, &w.killed) {
-                (Some((_, at)), _, _) => deadlines.push(*at + STDOUT_GRACE),
-                (None, Some(drain), None) => deadlines.extend(drain.deadline),
-                _ => {}
+        let workers = self.workers.values().filter_map(|w| w.life.next_deadline());
+        self.interrupt_deadline.into_iter().chain(workers).min()
+    }
+
+    /// What `input` does to worker `id`, carried out.
+    fn step(&mut self, id: u32, input: Input) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        for action in lifecycle::step(&mut w.life, input) {
+            match action {
+                Do::Send(Ask::Drain) => w.send(Signal::SIGTERM, "drain"),
+                Do::Send(Ask::Stop) => w.send(Signal::SIGINT, "stop"),
+                Do::Kill(why) => {
+                    if why == Why::DrainTimeout {
+                        let ms = w.drain.as_ref().and_then(|d| d.timeout_ms);
+                        progress!("worker {id}: {}", w.killed_text(why));
+                        gst::warning!(
+                            CAT,
+                            "cpuguard-run: escalation: worker {id} (pid {}) still draining \
+                             after {} ms: SIGKILL to its process group",
+                            w.pid,
+                            ms.unwrap_or_default()
+                        );
+                        self.observer.escalated();
+                    } else if why == Why::StillRunningAfterSigint {
+                        progress!(
+                            "worker {id}: still running {} s after SIGINT: killing it",
+                            INTERRUPT_GRACE.as_secs()
+                        );
+                    }
+                    w.send(Signal::SIGKILL, "kill");
+                }
+                Do::GiveUpStdout => progress!(
+                    "worker {id}: exited but its stdout stays open; result made without it"
+                ),
+                Do::Finalize => {
+                    self.finalize(id);
+                    return;
+                }
             }
         }
-        deadlines.into_iter().min()
+    }
+
+    /// Every worker, `input`.
+    fn step_all(&mut self, input: Input) {
+        let ids: Vec<u32> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.step(id, input);
+        }
     }
 
     fn start_waiting(&mut self, count: usize) {
@@ -292,16 +332,13 @@ impl Parent {
                             job,
                             pid,
                             started,
+                            life: Life::default(),
                             states: Vec::new(),
-                            ready: false,
-                            deferred: None,
                             sent: Vec::new(),
                             drain: None,
-                            killed: None,
-                            interrupted: false,
-                            exit: None,
+                            status: None,
                             cpu_s: None,
-                            stdout: None,
+                            stdout: String::new(),
                         },
                     );
                 }
@@ -324,24 +361,16 @@ impl Parent {
                 progress!("worker {id}: {}", worker::strip_prefix(&line));
             }
             Event::Said(id, event) => {
+                // Its first event comes once its signal handlers are up.
+                self.step(id, Input::Spoke);
                 let Some(w) = self.workers.get_mut(&id) else {
                     return;
                 };
-                // Its first event comes once its signal handlers are up.
-                w.ready = true;
-                if let Some((signal, action)) = w.deferred.take() {
-                    w.send(signal, action);
-                }
                 match event {
                     WorkerEvent::State { state, at, drain } => {
                         w.states.push(StateChange { state, at });
-                        // Its pipeline has ended: what the worker does next
-                        // (its --on-end hook, its final webhook) runs within
-                        // its own finish budget, never into a drain deadline.
-                        if matches!(state, State::Complete | State::Failed)
-                            && let Some(drain) = w.drain.as_mut()
-                        {
-                            drain.deadline = None;
+                        if matches!(state, State::Complete | State::Failed) {
+                            self.step(id, Input::PipelineEnded);
                         }
                         if state == State::Ending {
                             self.on_worker_drain(id, drain);
@@ -372,15 +401,15 @@ impl Parent {
             }
             Event::Stdout(id, text) => {
                 if let Some(w) = self.workers.get_mut(&id) {
-                    w.stdout = Some(text);
-                    self.maybe_finalize(id);
+                    w.stdout = text;
+                    self.step(id, Input::StdoutClosed);
                 }
             }
             Event::Exited(id, status, cpu_s) => {
                 if let Some(w) = self.workers.get_mut(&id) {
-                    w.exit = Some((status, Instant::now()));
+                    w.status = Some(status);
                     w.cpu_s = cpu_s;
-                    self.maybe_finalize(id);
+                    self.step(id, Input::Exited { at: Instant::now() });
                 }
             }
         }
@@ -391,9 +420,7 @@ impl Parent {
         let action = match (signal, self.stopping) {
             (Signal::SIGINT, Some(Stop::Interrupt)) => {
                 progress!("SIGINT again: killing every worker now");
-                for w in self.workers.values_mut() {
-                    w.kill_group("SIGINT again".to_owned());
-                }
+                self.step_all(Input::Kill(Why::SigintAgain));
                 "kill"
             }
             (Signal::SIGINT, _) => {
@@ -401,18 +428,7 @@ impl Parent {
                 self.stopping = Some(Stop::Interrupt);
                 self.interrupt_deadline = Some(Instant::now() + INTERRUPT_GRACE);
                 self.abandon_waiting();
-                for w in self.workers.values_mut() {
-                    if w.exit.is_some() || w.killed.is_some() {
-                        continue;
-                    }
-                    w.interrupted = true;
-                    if w.ready {
-                        w.send(Signal::SIGINT, "stop");
-                    } else {
-                        // Not even its signal handlers are up: nothing to save.
-                        w.kill_group("SIGINT before it started".to_owned());
-                    }
-                }
+                self.step_all(Input::Interrupt);
                 "stop"
             }
             (Signal::SIGTERM | Signal::SIGHUP, None) => {
@@ -424,7 +440,7 @@ impl Parent {
                     let Some(w) = self.workers.get(&id) else {
                         continue;
                     };
-                    if w.exit.is_some() || w.killed.is_some() {
+                    if w.life.gone() {
                         continue;
                     }
                     if let Some(drain) = &w.drain {
@@ -503,28 +519,18 @@ impl Parent {
             w.pid,
             cause.map_or_else(String::new, |c| format!(", {c}"))
         );
-        self.start_drain(id, reason, said, None);
+        self.start_drain(id, reason, said, false);
     }
 
     /// Asks worker `id` to drain with reason stop-requested (SIGTERM).
     fn request_drain(&mut self, id: u32) {
-        self.start_drain(
-            id,
-            EndReason::StopRequested.as_str().to_owned(),
-            None,
-            Some(Signal::SIGTERM),
-        );
+        let reason = EndReason::StopRequested.as_str().to_owned();
+        self.start_drain(id, reason, None, true);
     }
 
-    /// Starts timing a drain of worker `id`, sending `signal` when the parent
+    /// Starts timing a drain of worker `id`, and asks for it when the parent
     /// is the one asking.
-    fn start_drain(
-        &mut self,
-        id: u32,
-        reason: String,
-        said: Option<DrainRecord>,
-        signal: Option<Signal>,
-    ) {
+    fn start_drain(&mut self, id: u32, reason: String, said: Option<DrainRecord>, ask: bool) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -534,7 +540,11 @@ impl Parent {
             CAT,
             "cpuguard-run: drain start: worker {id} (pid {}), reason {reason}, {}, timeout {}",
             w.pid,
-            signal.map_or("announced by the worker", |s| s.as_str()),
+            if ask {
+                "SIGTERM"
+            } else {
+                "announced by the worker"
+            },
             timeout_ms.map_or_else(|| "none".to_owned(), |ms| format!("{ms} ms"))
         );
         self.observer
@@ -542,66 +552,23 @@ impl Parent {
         w.drain = Some(ParentDrain {
             reason,
             requested: now,
-            deadline: timeout_ms.map(|ms| now.mono + Duration::from_millis(u64::from(ms))),
             timeout_ms,
             said,
         });
-        if let Some(signal) = signal {
-            w.send(signal, "drain");
+        let deadline = timeout_ms.map(|ms| now.mono + Duration::from_millis(u64::from(ms)));
+        self.step(id, Input::Drains { deadline });
+        if ask {
+            self.step(id, Input::Ask(Ask::Drain));
         }
     }
 
-    fn check_deadlines(&mut self, now: Instant) {
+    /// Deadlines due at `now`: the grace after SIGINT, and each worker's.
+    fn tick(&mut self, now: Instant) {
         if self.interrupt_deadline.is_some_and(|d| now >= d) {
             self.interrupt_deadline = None;
-            for w in self.workers.values_mut() {
-                if w.exit.is_none() {
-                    progress!(
-                        "worker {}: still running {} s after SIGINT: killing it",
-                        w.job.id,
-                        INTERRUPT_GRACE.as_secs()
-                    );
-                    w.kill_group("still running after SIGINT".to_owned());
-                }
-            }
+            self.step_all(Input::Kill(Why::StillRunningAfterSigint));
         }
-        let mut overdue = Vec::new();
-        for (id, w) in &mut self.workers {
-            if let Some((_, exited)) = w.exit {
-                if w.stdout.is_none() && now >= exited + STDOUT_GRACE {
-                    progress!(
-                        "worker {id}: exited but its stdout stays open; result made without it"
-                    );
-                    w.stdout = Some(String::new());
-                    overdue.push(*id);
-                }
-                continue;
-            }
-            if w.killed.is_some() {
-                continue;
-            }
-            let Some(drain) = &w.drain else { continue };
-            if drain.deadline.is_some_and(|d| now >= d) {
-                let ms = drain.timeout_ms.unwrap_or_default();
-                let why = format!(
-                    "Drain ({}) did not complete within the drain timeout ({ms} ms): \
-                     worker killed (SIGKILL to its process group)",
-                    drain.reason
-                );
-                progress!("worker {id}: {why}");
-                gst::warning!(
-                    CAT,
-                    "cpuguard-run: escalation: worker {id} (pid {}) still draining after \
-                     {ms} ms: SIGKILL to its process group",
-                    w.pid
-                );
-                self.observer.escalated();
-                w.kill_group(why);
-            }
-        }
-        for id in overdue {
-            self.maybe_finalize(id);
-        }
+        self.step_all(Input::Tick { now });
     }
 
     /// One admission sample: waiting jobs start while the load is below
@@ -654,15 +621,8 @@ impl Parent {
         }
     }
 
-    /// A worker is done once it exited and its stdout is read.
-    fn maybe_finalize(&mut self, id: u32) {
-        let ready = self
-            .workers
-            .get(&id)
-            .is_some_and(|w| w.exit.is_some() && w.stdout.is_some());
-        if !ready {
-            return;
-        }
+    /// A worker is done (it exited and its stdout is read): its result.
+    fn finalize(&mut self, id: u32) {
         let Some(w) = self.workers.remove(&id) else {
             return;
         };
@@ -809,20 +769,20 @@ impl Parent {
 /// The worker's own report when it has one and nothing overrides it, else
 /// one made from what the parent saw.
 fn result_of(w: &Worker) -> Report {
-    let parsed = w.stdout.as_deref().and_then(worker::parse_report);
-    let status = w.exit.as_ref().map(|(status, _)| *status);
-    if let Some((_, why)) = &w.killed {
+    let parsed = worker::parse_report(&w.stdout);
+    let status = w.status;
+    if let Some(why) = w.life.killed() {
         // A result printed before the kill came in time (the LiveKit Egress
         // bug: a late timer marking a finished recording FAILED).
         if let Some(report) = parsed.filter(|r| r.status == State::Complete) {
             return with_parent_drain(report, w);
         }
-        let (reason, text) = if w.interrupted {
+        let (reason, text) = if w.life.interrupted() {
             (reasons::INTERRUPTED, reasons::INTERRUPTED_TEXT)
         } else {
             (reasons::DRAIN_TIMEOUT, reasons::DRAIN_TIMEOUT_TEXT)
         };
-        return made_report(w, reason, text, why.clone(), status);
+        return made_report(w, reason, text, w.killed_text(why), status);
     }
     match parsed {
         Some(report) => with_parent_drain(report, w),
@@ -855,9 +815,9 @@ fn made_report(
     error: String,
     status: Option<ExitStatus>,
 ) -> Report {
-    let ended = w.exit.as_ref().map_or_else(Stamp::now, |(_, at)| Stamp {
+    let ended = w.life.exited().map_or_else(Stamp::now, |at| Stamp {
         wall: std::time::SystemTime::now() - at.elapsed(),
-        mono: *at,
+        mono: at,
     });
     let mut states = w.states.clone();
     states.push(StateChange {
