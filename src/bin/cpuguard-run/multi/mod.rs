@@ -10,20 +10,21 @@
 //! its timeout, and collects the results.
 //!
 //! Modules: `parent` (the loop: signals, events, drain timing, escalation,
-//! results), `worker` (spawning a worker and reading its output),
+//! results), `lifecycle` (what each event does to one worker), `worker`
+//! (spawning a worker and reading its output), `inbox` (its events into the
+//! parent's GLib main loop),
 //! `coordination` (the workers' coordination directory), `admission`
 //! (`--max-utilization`), `timing` (what admission sampling costs).
 
 mod admission;
 mod coordination;
+mod inbox;
 mod lifecycle;
 mod parent;
 mod timing;
 mod worker;
 
 use std::ffi::OsString;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gst::prelude::*;
@@ -87,40 +88,10 @@ pub fn run(cli: &Cli, router: &Router) -> u8 {
         }
     };
 
-    // Signals arrive on the GLib main loop of this thread (see `signals`);
-    // the parent loop runs on its own thread and gets them as events.
-    let (events, inbox) = std::sync::mpsc::channel();
-    {
-        let events = events.clone();
-        router.set_handler(move |signal| {
-            let _ = events.send(worker::Event::Signal(signal));
-        });
-    }
-    let done = Arc::new(AtomicBool::new(false));
-    let context = glib::MainContext::default();
-    let parent = {
-        let (done, context) = (done.clone(), context.clone());
-        std::thread::Builder::new()
-            .name("cpuguard-run-parent".to_owned())
-            .spawn(move || {
-                let code = parent::Parent::new(plan, exe, events, inbox).run();
-                done.store(true, Ordering::SeqCst);
-                // A wakeup before the loop below polls is kept until it polls.
-                context.wakeup();
-                code
-            })
-    };
-    let parent = match parent {
-        Ok(parent) => parent,
-        Err(err) => {
-            fatal!("cannot start the parent loop: {err}");
-            return exit::FAILED;
-        }
-    };
-    while !done.load(Ordering::SeqCst) {
-        context.iteration(true);
-    }
-    parent.join().unwrap_or(exit::FAILED)
+    parent::run(plan, exe, router).unwrap_or_else(|err| {
+        fatal!("{err}");
+        exit::FAILED
+    })
 }
 
 /// Reads and checks every description and setting; the error names the bad one.

@@ -1,5 +1,5 @@
-//! The parent loop: one thread that reacts to signals and to what workers
-//! say as it comes, times every drain (the worker's own, announced by its
+//! The parent loop, on the GLib main loop single mode runs on too: it
+//! reacts to signals and to what workers say as it comes, times every drain (the worker's own, announced by its
 //! ENDING event, or a stop the parent asked for) and escalates an overdue one,
 //! and, with `--max-utilization` only, samples the load to admit waiting jobs.
 //! Which worker drains is not decided here: the workers' cpuguard elements
@@ -7,11 +7,12 @@
 //! worker is decided by `lifecycle.rs`; this loop carries it out and keeps
 //! the record its result is made from.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use gstcpuguard::load::LoadMeter;
@@ -21,6 +22,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::admission::Admission;
+use super::inbox::{Inbox, Outbox};
 use super::lifecycle::{self, Ask, Do, Input, Life, Why};
 use super::timing::SampleTiming;
 use super::worker::{self, Event};
@@ -33,6 +35,7 @@ use crate::progress::progress;
 use crate::report::{
     Report, ReportFile, SignalReport, Stamp, State, StateChange, print_line, reasons, round_ms,
 };
+use crate::signals::Router;
 use gstcpuguard::drain_record::DrainRecord;
 use gstcpuguard::messages::DrainTrigger;
 
@@ -170,8 +173,13 @@ pub struct Parent {
     meter: LoadMeter,
     admission: Admission,
     report_file: Option<ReportFile>,
-    events: Sender<Event>,
-    inbox: Receiver<Event>,
+    outbox: Outbox,
+    inbox: Inbox,
+    main_loop: glib::MainLoop,
+    me: Weak<RefCell<Parent>>,
+    /// The one timer: the next deadline or admission sample.
+    timer: Option<glib::SourceId>,
+    next_sample: Instant,
     waiting: VecDeque<Job>,
     workers: BTreeMap<u32, Worker>,
     results: Vec<WorkerResult>,
@@ -191,9 +199,20 @@ pub struct Parent {
     sampling: SampleTiming,
 }
 
-impl Parent {
-    pub fn new(plan: Plan, exe: PathBuf, events: Sender<Event>, inbox: Receiver<Event>) -> Self {
-        Parent {
+/// Runs every job to its end on the GLib main loop of this thread (the one
+/// signals arrive on); returns the exit code.
+pub fn run(plan: Plan, exe: PathBuf, router: &Router) -> Result<u8, String> {
+    let context = glib::MainContext::default();
+    // Sources are added from this thread only: own the context for the run.
+    let _owner = context
+        .acquire()
+        .map_err(|err| format!("cannot own the main context: {err}"))?;
+    let (outbox, inbox) =
+        super::inbox::channel().map_err(|err| format!("cannot make the event channel: {err}"))?;
+    let main_loop = glib::MainLoop::new(Some(&context), false);
+    let fd = inbox.fd();
+    let parent = Rc::new_cyclic(|me| {
+        RefCell::new(Parent {
             exe,
             worker_args: plan.worker_args,
             _coordination: plan.coordination,
@@ -201,8 +220,12 @@ impl Parent {
             meter: plan.meter,
             admission: Admission::new(plan.max_utilization),
             report_file: plan.report,
-            events,
+            outbox,
             inbox,
+            main_loop: main_loop.clone(),
+            me: me.clone(),
+            timer: None,
+            next_sample: Instant::now() + plan.interval,
             waiting: plan.jobs.into(),
             workers: BTreeMap::new(),
             results: Vec::new(),
@@ -216,44 +239,94 @@ impl Parent {
             note: None,
             observer: plan.observer,
             sampling: SampleTiming::default(),
+        })
+    });
+    parent.borrow_mut().begin();
+    let weak = Rc::downgrade(&parent);
+    let watch = glib_unix::unix_fd_add_local(fd, glib::IOCondition::IN, move |_, _| {
+        if let Some(parent) = weak.upgrade() {
+            parent.borrow_mut().wake(None);
         }
+        glib::ControlFlow::Continue
+    });
+    let weak = Rc::downgrade(&parent);
+    router.set_handler(move |signal| {
+        if let Some(parent) = weak.upgrade() {
+            parent.borrow_mut().wake(Some(signal));
+        }
+    });
+    if !parent.borrow().done() {
+        main_loop.run();
     }
+    watch.remove();
+    let parent = Rc::try_unwrap(parent)
+        .map_err(|_| "the parent is still in use after its loop".to_owned())?
+        .into_inner();
+    Ok(parent.finish())
+}
 
-    pub fn run(mut self) -> u8 {
+impl Parent {
+    fn begin(&mut self) {
         if self.admission.max().is_none() {
             self.start_waiting(self.waiting.len());
         }
         self.refresh_report();
-        let mut next_sample = Instant::now() + self.interval;
-        while !(self.waiting.is_empty() && self.workers.is_empty()) {
-            let wake = self
-                .next_deadline()
-                .map_or(next_sample, |d| d.min(next_sample));
-            match self
-                .inbox
-                .recv_timeout(wake.saturating_duration_since(Instant::now()))
-            {
-                Ok(event) => self.on_event(event),
-                Err(RecvTimeoutError::Timeout) => {}
-                // Cannot happen while `self.events` lives; stay total anyway.
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            // Whatever already happened counts before a timer acts on it: an
-            // exit on its way is never turned into an escalation.
-            while let Ok(event) = self.inbox.try_recv() {
-                self.on_event(event);
-            }
-            let now = Instant::now();
-            self.tick(now);
-            if now >= next_sample {
-                if !self.waiting.is_empty() && self.stopping.is_none() {
-                    self.admit(now);
-                    self.sampling.record(now.elapsed());
-                }
-                next_sample = (next_sample + self.interval).max(now);
-            }
+        self.rearm();
+    }
+
+    fn done(&self) -> bool {
+        self.waiting.is_empty() && self.workers.is_empty()
+    }
+
+    /// A signal, events from the workers or the timer. Whatever already
+    /// happened counts before a deadline acts on it: an exit on its way is
+    /// never turned into an escalation.
+    fn wake(&mut self, signal: Option<Signal>) {
+        for event in self.inbox.take() {
+            self.on_event(event);
         }
-        self.finish()
+        if let Some(signal) = signal {
+            self.on_signal(signal);
+        }
+        let now = Instant::now();
+        self.tick(now);
+        if now >= self.next_sample {
+            if !self.waiting.is_empty() && self.stopping.is_none() {
+                self.admit(now);
+                self.sampling.record(now.elapsed());
+            }
+            self.next_sample = (self.next_sample + self.interval).max(now);
+        }
+        if self.done() {
+            if let Some(timer) = self.timer.take() {
+                timer.remove();
+            }
+            self.main_loop.quit();
+        } else {
+            self.rearm();
+        }
+    }
+
+    /// Sets the one timer to the next deadline (or admission sample).
+    fn rearm(&mut self) {
+        if let Some(timer) = self.timer.take() {
+            timer.remove();
+        }
+        let admitting = !self.waiting.is_empty() && self.stopping.is_none();
+        let sample = admitting.then_some(self.next_sample);
+        let Some(at) = self.next_deadline().into_iter().chain(sample).min() else {
+            return;
+        };
+        let me = self.me.clone();
+        let wait = at.saturating_duration_since(Instant::now());
+        self.timer = Some(glib::timeout_add_local_once(wait, move || {
+            if let Some(parent) = me.upgrade() {
+                let mut parent = parent.borrow_mut();
+                // This source ends now: never remove it again.
+                parent.timer = None;
+                parent.wake(None);
+            }
+        }));
     }
 
     /// The earliest escalation, interrupt or stdout deadline.
@@ -322,7 +395,7 @@ impl Parent {
                 id,
                 &self.worker_args,
                 &job.description,
-                &self.events,
+                &self.outbox,
             ) {
                 Ok(pid) => {
                     progress!("worker {id} started: pid {pid} ({})", job.origin);
@@ -356,7 +429,6 @@ impl Parent {
     fn on_event(&mut self, event: Event) {
         self.observer.running(self.workers.len());
         match event {
-            Event::Signal(signal) => self.on_signal(signal),
             Event::Stderr(id, line) => {
                 progress!("worker {id}: {}", worker::strip_prefix(&line));
             }

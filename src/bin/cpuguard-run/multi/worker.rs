@@ -7,18 +7,16 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc::Sender;
 
 use nix::sys::signal::Signal;
 
+use super::inbox::Outbox;
 use crate::channel::WorkerEvent;
 use crate::report::Report;
 
 /// What the parent loop reacts to.
 #[derive(Debug)]
 pub enum Event {
-    /// A signal to the parent (delivered on the GLib main loop, forwarded here).
-    Signal(Signal),
     /// One stderr line of a worker (for people: forwarded as it is).
     Stderr(u32, String),
     /// An event on a worker's channel (see [`crate::channel`]).
@@ -36,7 +34,7 @@ pub fn spawn(
     id: u32,
     args: &[OsString],
     description: &str,
-    events: &Sender<Event>,
+    events: &Outbox,
 ) -> std::io::Result<i32> {
     let mut command = Command::new(exe);
     command
@@ -71,7 +69,7 @@ pub fn spawn(
             let Some(stderr) = stderr else { return };
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if tx.send(Event::Stderr(id, line)).is_err() {
+                if !tx.send(Event::Stderr(id, line)) {
                     break;
                 }
             }
