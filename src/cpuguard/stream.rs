@@ -66,6 +66,7 @@ impl StreamPosition {
         self.qos.store(on, Ordering::Relaxed);
     }
 
+    #[inline]
     pub fn qos(&self) -> bool {
         self.qos.load(Ordering::Relaxed)
     }
@@ -79,10 +80,14 @@ impl StreamPosition {
 
     /// With `qos` on: the buffer at `pts` is due before what downstream
     /// still wants, and is to be dropped.
+    #[inline]
     pub fn is_late(&self, pts: Option<gst::ClockTime>) -> bool {
-        if !self.qos() {
-            return false;
-        }
+        self.qos() && self.is_late_with_qos(pts)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn is_late_with_qos(&self, pts: Option<gst::ClockTime>) -> bool {
         let earliest = self.earliest.load(Ordering::Relaxed);
         let (Some(pts), Some(earliest)) = (pts, time(earliest)) else {
             return false;
@@ -94,6 +99,7 @@ impl StreamPosition {
     }
 
     /// A buffer went through: its end is the position.
+    #[inline]
     pub fn note_buffer(&self, pts: Option<gst::ClockTime>, duration: Option<gst::ClockTime>) {
         let Some(pts) = pts else { return };
         let end = match duration {

@@ -8,59 +8,75 @@
 //! pool) are not seen; they are not counted.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::load::{CpuRate, own_thread_cpu_time};
 
-thread_local! {
-    /// gettid is a syscall; a streaming thread asks once per buffer, so keep it.
-    static TID: i32 = nix::unistd::gettid().as_raw();
+/// The calling thread's pthread handle: one read of the thread pointer. A
+/// thread-local in this shared library costs a `__tls_get_addr` call, and
+/// `gettid` a syscall; per buffer, this is what is compared.
+fn current_handle() -> u64 {
+    nix::sys::pthread::pthread_self()
 }
 
-fn current_tid() -> i32 {
-    TID.with(|tid| *tid)
+/// A thread as noted: its kernel tid (whose CPU clock is read) and the
+/// pthread handle it was noted under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Noted {
+    tid: i32,
+    handle: u64,
 }
 
 /// The threads that streamed through one element. Noting is a hot-path call
 /// (every buffer): one relaxed load when the thread is the last one seen.
 #[derive(Debug, Default)]
 pub struct StreamingThreads {
-    last: AtomicI32,
-    seen: Mutex<Vec<i32>>,
+    /// The pthread handle of the last thread noted; 0 for none.
+    last: AtomicU64,
+    seen: Mutex<Vec<Noted>>,
 }
 
 impl StreamingThreads {
+    #[inline]
     pub fn note_current(&self) {
-        let tid = current_tid();
-        if self.last.load(Ordering::Relaxed) != tid {
-            self.note(tid);
+        let handle = current_handle();
+        if self.last.load(Ordering::Relaxed) != handle {
+            self.note(handle);
         }
     }
 
-    fn note(&self, tid: i32) {
+    #[cold]
+    #[inline(never)]
+    fn note(&self, handle: u64) {
+        let tid = nix::unistd::gettid().as_raw();
         let mut seen = lock(&self.seen);
-        if !seen.contains(&tid) {
-            seen.push(tid);
+        if !seen.iter().any(|n| n.tid == tid) {
+            seen.push(Noted { tid, handle });
         }
-        self.last.store(tid, Ordering::Relaxed);
+        self.last.store(handle, Ordering::Relaxed);
     }
 
     #[cfg(test)]
     pub fn snapshot(&self) -> Vec<i32> {
-        lock(&self.seen).clone()
+        lock(&self.seen).iter().map(|n| n.tid).collect()
     }
 
     /// Calls `visit` on each thread and drops those it returns false for
     /// (exited), so the list does not grow with every pool thread that ever
-    /// pushed, and a reused tid is noted afresh.
+    /// pushed. The last handle is forgotten with its thread: glibc hands an
+    /// exited thread's handle to the next thread it starts, which must be
+    /// noted afresh (at its next buffer after this).
     fn visit_live(&self, mut visit: impl FnMut(i32) -> bool) {
-        lock(&self.seen).retain(|&tid| {
-            let live = visit(tid);
+        lock(&self.seen).retain(|noted| {
+            let live = visit(noted.tid);
             if !live {
-                let _ = self
-                    .last
-                    .compare_exchange(tid, 0, Ordering::Relaxed, Ordering::Relaxed);
+                let _ = self.last.compare_exchange(
+                    noted.handle,
+                    0,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
             }
             live
         });
@@ -133,7 +149,29 @@ mod tests {
         threads.note_current();
         let seen = threads.snapshot();
         assert_eq!(seen.len(), 2, "{seen:?}");
-        assert!(seen.contains(&current_tid()));
+        assert!(seen.contains(&nix::unistd::gettid().as_raw()));
+    }
+
+    /// glibc gives a new thread the handle of one that exited: once the
+    /// exited one is forgotten, a thread with its handle is noted afresh.
+    #[test]
+    fn a_thread_with_an_exited_threads_handle_is_noted() {
+        let threads = StreamingThreads::default();
+        // An exited thread that had this thread's handle: no task has its
+        // tid, one above the kernel's PID_MAX_LIMIT.
+        const GONE: i32 = 4_194_305;
+        let handle = current_handle();
+        lock(&threads.seen).push(Noted { tid: GONE, handle });
+        threads.last.store(handle, Ordering::Relaxed);
+        threads.note_current();
+        assert_eq!(threads.snapshot(), [GONE], "the handle was the last seen");
+        CpuUse::default().update(&threads, Instant::now());
+        assert!(
+            threads.snapshot().is_empty(),
+            "the exited thread is forgotten"
+        );
+        threads.note_current();
+        assert_eq!(threads.snapshot(), [nix::unistd::gettid().as_raw()]);
     }
 
     #[test]
