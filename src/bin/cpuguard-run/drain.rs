@@ -4,7 +4,7 @@
 use std::ops::{Deref, DerefMut};
 
 use gstcpuguard::drain_record::DrainRecord;
-use gstcpuguard::messages::{self, MessageError};
+use gstcpuguard::messages;
 use gstcpuguard::reason::EndReason;
 
 use crate::report::Stamp;
@@ -57,13 +57,9 @@ impl Drain {
         )
     }
 
-    /// From a `cpuguard-drain` or `cpuguard-would-drain` element message.
-    pub fn from_message(s: &gst::StructureRef, element: String) -> Result<Self, MessageError> {
-        let said = if s.name() == messages::Drain::DRY_RUN_NAME {
-            messages::Drain::from_dry_run_structure(s)?
-        } else {
-            messages::Drain::from_structure(s)?
-        };
+    /// What a `cpuguard-drain` or `cpuguard-would-drain` message of
+    /// `element` said.
+    pub fn from_said(said: messages::Drain, element: String) -> Self {
         let requested = Stamp::now();
         let record = DrainRecord {
             trigger: Some(said.trigger),
@@ -73,7 +69,7 @@ impl Drain {
             source: Some(said.source.map_or("none", |s| s.as_str()).to_owned()),
             ..DrainRecord::requested(said.reason, requested.rfc3339())
         };
-        Ok(Self::new(record, requested))
+        Self::new(record, requested)
     }
 
     /// Details from cpuguard's message about a drain the supervisor asked for.

@@ -27,7 +27,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use gst::prelude::*;
-use gstcpuguard::messages::DrainTrigger;
+use gstcpuguard::messages::{self, DrainTrigger, Message};
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::Signal;
 
@@ -417,16 +417,17 @@ impl Supervisor {
                 let Some(s) = element.structure() else { return };
                 let source = src.map_or_else(String::new, |s| s.name().to_string());
                 self.outputs.on_message(s);
-                match s.name().as_str() {
-                    "cpuguard-load" => self.on_load(s),
-                    "cpuguard-drain" => self.on_guard_drain(s, source),
-                    "cpuguard-would-drain" => match Drain::from_message(s, source.clone()) {
-                        Ok(would) => {
-                            progress!("dry run: {source} would drain: {}", would.summary())
-                        }
-                        Err(err) => progress!("warning: {source}: {err}"),
-                    },
-                    _ => {}
+                match messages::Message::from_structure(s) {
+                    Ok(Some(Message::Load(load))) => self.on_load(&load),
+                    Ok(Some(Message::Drain(said))) => {
+                        self.on_guard_drain(Drain::from_said(said, source))
+                    }
+                    Ok(Some(Message::WouldDrain(said))) => {
+                        let would = Drain::from_said(said, source.clone());
+                        progress!("dry run: {source} would drain: {}", would.summary())
+                    }
+                    Ok(_) => {}
+                    Err(err) => progress!("warning: {source}: {err}"),
                 }
             }
             MessageView::Latency(_) => {
@@ -442,32 +443,25 @@ impl Supervisor {
         }
     }
 
-    fn on_load(&mut self, s: &gst::StructureRef) {
-        let Ok(load) = s.get::<f64>("load") else {
-            return;
-        };
+    fn on_load(&mut self, sample: &messages::Load) {
+        let (load, capacity) = (sample.load, sample.capacity);
         if !load.is_finite() {
             return;
         }
+        let source = sample.source.as_str();
         self.last_load = Some(load);
         self.peak_load = Some(self.peak_load.map_or(load, |peak| peak.max(load)));
-        if let Ok(source) = s.get::<String>("source") {
-            self.load_source = Some(source);
-        }
-        if let Ok(capacity) = s.get::<f64>("capacity") {
-            self.capacity = Some(capacity);
-        }
+        self.load_source = Some(source.to_owned());
+        self.capacity = Some(capacity);
         gst::debug!(
             CAT,
-            "cpuguard-run: sample: load {load:.3} ({}), capacity {:.2} CPUs",
-            self.load_source.as_deref().unwrap_or("unknown"),
-            self.capacity.unwrap_or(0.0)
+            "cpuguard-run: sample: load {load:.3} ({source}), capacity {capacity:.2} CPUs"
         );
         if self.worker {
             channel::send(&WorkerEvent::Load {
                 load,
-                capacity: self.capacity.unwrap_or(0.0),
-                source: self.load_source.clone().unwrap_or_default(),
+                capacity,
+                source: source.to_owned(),
                 process_cpu: self
                     .process_cpu
                     .update_own_process(std::time::Instant::now()),
@@ -476,31 +470,19 @@ impl Supervisor {
         if self.reported.elapsed() >= REPORT_REFRESH {
             self.refresh_report();
         }
-        self.observer.sample(
-            std::time::Instant::now(),
-            load,
-            self.capacity.unwrap_or(0.0),
-            self.load_source.as_deref().unwrap_or("unknown"),
-        );
-        if let (Ok(ratio), Ok(seconds)) = (
-            s.get::<f64>("throttled-ratio"),
-            s.get::<f64>("throttled-seconds"),
-        ) && ratio.is_finite()
-            && seconds.is_finite()
-            && seconds >= 0.0
+        self.observer
+            .sample(std::time::Instant::now(), load, capacity, source);
+        if let Some(t) = sample.throttled
+            && t.ratio.is_finite()
+            && t.seconds.is_finite()
+            && t.seconds >= 0.0
         {
-            self.observer.throttling(ratio, seconds);
+            self.observer.throttling(t.ratio, t.seconds);
         }
     }
 
-    fn on_guard_drain(&mut self, s: &gst::StructureRef, element: String) {
-        let reported = match Drain::from_message(s, element.clone()) {
-            Ok(reported) => reported,
-            Err(err) => {
-                progress!("warning: {element}: {err}");
-                return;
-            }
-        };
+    fn on_guard_drain(&mut self, reported: Drain) {
+        let element = reported.element.clone().unwrap_or_default();
         let mut reported = Some(reported);
         for action in flow::step(&mut self.flow, Event::GuardDrained) {
             match action {
