@@ -208,6 +208,45 @@ pub struct Report {
 }
 
 impl Report {
+    /// A FAILED result the supervisor makes itself, for a run that could not
+    /// say (a worker killed or crashed, a job that never ran): what it did
+    /// not see is null or empty.
+    pub fn failed(
+        pipeline: &str,
+        cpuguard_elements: &[String],
+        (reason, end_reason): (&str, &str),
+        started: &Stamp,
+        ended: &Stamp,
+    ) -> Report {
+        Report {
+            status: State::Failed,
+            reason: reason.to_owned(),
+            end_reason: end_reason.to_owned(),
+            started_at: started.rfc3339(),
+            ended_at: ended.rfc3339(),
+            duration_s: started.seconds_until(ended),
+            peak_load: None,
+            last_load: None,
+            error: None,
+            error_source: None,
+            error_debug: None,
+            exit_code: crate::exit::FAILED,
+            pipeline: pipeline.to_owned(),
+            cpuguard_elements: cpuguard_elements.to_vec(),
+            load_source: None,
+            capacity: None,
+            drain_requested_at: None,
+            drain: None,
+            states: Vec::new(),
+            signals: Vec::new(),
+            crash_safe: None,
+            metrics_url: None,
+            files: Vec::new(),
+            on_end: None,
+            webhooks: None,
+        }
+    }
+
     /// One line of JSON.
     pub fn to_line(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|err| {

@@ -6,10 +6,24 @@
 
 use std::io::{PipeReader, PipeWriter, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use super::worker::Event;
+use crate::channel::WorkerEvent;
+
+/// What a worker's reader threads tell the parent loop.
+#[derive(Debug)]
+pub enum Event {
+    /// One stderr line of a worker (for people: forwarded as it is).
+    Stderr(u32, String),
+    /// An event on a worker's channel (see [`crate::channel`]).
+    Said(u32, WorkerEvent),
+    /// A worker's stdout other than its events, once it closed it: its result.
+    Stdout(u32, String),
+    /// A worker process ended (reaped), with the CPU seconds it used.
+    Exited(u32, ExitStatus, Option<f64>),
+}
 
 /// The sending side, one clone per reader thread.
 #[derive(Clone)]

@@ -22,11 +22,11 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use super::admission::Admission;
-use super::inbox::{Inbox, Outbox};
+use super::inbox::{Event, Inbox, Outbox};
 use super::lifecycle::{self, Ask, Do, Input, Life, Why};
+use super::plan::{Job, Plan};
 use super::timing::SampleTiming;
-use super::worker::{self, Event};
-use super::{Job, Plan};
+use super::worker;
 use crate::channel::WorkerEvent;
 use crate::exit;
 use crate::log::CAT;
@@ -915,22 +915,8 @@ fn made_report(
         }
     });
     Report {
-        status: State::Failed,
-        reason: reason.to_owned(),
-        end_reason: end_reason.to_owned(),
-        started_at: w.started.rfc3339(),
-        ended_at: ended.rfc3339(),
-        duration_s: w.started.seconds_until(&ended),
-        peak_load: None,
-        last_load: None,
         error: Some(error),
-        error_source: None,
-        error_debug: None,
         exit_code: status.map_or(exit::FAILED, |s| worker::shell_code(&s)),
-        pipeline: w.job.description.clone(),
-        cpuguard_elements: w.job.cpuguard_elements.clone(),
-        load_source: None,
-        capacity: None,
         drain_requested_at: w.drain.as_ref().map(|d| d.requested.rfc3339()),
         drain,
         states,
@@ -943,10 +929,13 @@ fn made_report(
             .as_ref()
             .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
         // A worker serves no metrics: the parent's summary says where it does.
-        metrics_url: None,
-        files: Vec::new(),
-        on_end: None,
-        webhooks: None,
+        ..Report::failed(
+            &w.job.description,
+            &w.job.cpuguard_elements,
+            (reason, end_reason),
+            &w.started,
+            &ended,
+        )
     }
 }
 
@@ -955,30 +944,14 @@ fn made_report(
 fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) -> Report {
     let now = Stamp::now();
     Report {
-        status: State::Failed,
-        reason: reason.to_owned(),
-        end_reason: end_reason.to_owned(),
-        started_at: now.rfc3339(),
-        ended_at: now.rfc3339(),
-        duration_s: 0.0,
-        peak_load: None,
-        last_load: None,
         error: (!error.is_empty()).then_some(error),
-        error_source: None,
-        error_debug: None,
-        exit_code: exit::FAILED,
-        pipeline: job.description.clone(),
-        cpuguard_elements: job.cpuguard_elements.clone(),
-        load_source: None,
-        capacity: None,
-        drain_requested_at: None,
-        drain: None,
-        states: Vec::new(),
-        signals: Vec::new(),
         crash_safe: job.crash_safe.clone(),
-        metrics_url: None,
-        files: Vec::new(),
-        on_end: None,
-        webhooks: None,
+        ..Report::failed(
+            &job.description,
+            &job.cpuguard_elements,
+            (reason, end_reason),
+            &now,
+            &now,
+        )
     }
 }

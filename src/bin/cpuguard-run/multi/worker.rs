@@ -10,22 +10,9 @@ use std::process::{Command, ExitStatus, Stdio};
 
 use nix::sys::signal::Signal;
 
-use super::inbox::Outbox;
+use super::inbox::{Event, Outbox};
 use crate::channel::WorkerEvent;
 use crate::report::Report;
-
-/// What the parent loop reacts to.
-#[derive(Debug)]
-pub enum Event {
-    /// One stderr line of a worker (for people: forwarded as it is).
-    Stderr(u32, String),
-    /// An event on a worker's channel (see [`crate::channel`]).
-    Said(u32, WorkerEvent),
-    /// A worker's stdout other than its events, once it closed it: its result.
-    Stdout(u32, String),
-    /// A worker process ended (reaped), with the CPU seconds it used.
-    Exited(u32, ExitStatus, Option<f64>),
-}
 
 /// Starts worker `id` on `description`; returns its pid (also its process
 /// group). `args` are the options every worker gets.
