@@ -33,7 +33,7 @@ use nix::sys::signal::Signal;
 
 use crate::branches::SinkWatch;
 use crate::channel::{self, WorkerEvent};
-use crate::drain::Drain;
+use crate::drain::{Answer, Drain, Merged};
 use crate::exit;
 use crate::finish::Notifier;
 use crate::flow::{self, Action, End, Event, Flow, Ignored, Phase};
@@ -523,33 +523,19 @@ impl Supervisor {
     /// refused stop request waits for, the answer to the supervisor's own
     /// request, or another element draining too.
     fn merge_guard_drain(&mut self, reported: Drain, element: &str) {
-        match self.drain.as_mut() {
-            None => {}
-            Some(drain) if !drain.confirmed => {
-                progress!(
-                    "{element} was already draining: {} (the stop request joins it)",
-                    reported.summary()
-                );
-                let requested = drain.requested;
-                *drain = Drain {
-                    requested,
-                    ..reported
-                };
+        let Some(drain) = self.drain.as_mut() else {
+            return;
+        };
+        let (summary, reason) = (reported.summary(), reported.reason.clone());
+        match drain.merge(reported) {
+            Merged::Joined => {
+                progress!("{element} was already draining: {summary} (the stop request joins it)")
             }
-            Some(drain)
-                if drain.awaiting_echo
-                    && drain.element == reported.element
-                    && drain.reason == reported.reason =>
-            {
-                drain.fill_from(reported);
-            }
-            Some(drain) => {
-                progress!(
-                    "{element} also drained ({}); the run keeps reason {}",
-                    reported.reason,
-                    drain.reason
-                );
-            }
+            Merged::Filled => {}
+            Merged::AlsoDrained => progress!(
+                "{element} also drained ({reason}); the run keeps reason {}",
+                drain.reason
+            ),
         }
     }
 
@@ -814,12 +800,12 @@ impl Supervisor {
         match accepted {
             Some(guard) => {
                 drain.element = Some(guard.name().to_string());
-                drain.awaiting_echo = true;
+                drain.answer = Answer::Awaiting;
                 progress!("{why}: drain requested through {}", guard.name());
             }
             None => {
                 // Every cpuguard has drained already: its message is on its way.
-                drain.confirmed = false;
+                drain.answer = Answer::JoinsOther;
                 progress!("{why}: cpuguard is already draining; waiting for it");
             }
         }
