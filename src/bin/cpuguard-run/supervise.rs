@@ -112,7 +112,7 @@ struct Supervisor {
     me: Weak<RefCell<Supervisor>>,
 
     started: Stamp,
-    state: State,
+    /// Every state entered, in order; the last is where the run is.
     states: Vec<StateChange>,
     signals: Vec<SignalReport>,
     drain: Option<Drain>,
@@ -153,7 +153,6 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
             output,
             me: me.clone(),
             started: Stamp::now(),
-            state: State::Starting,
             states: Vec::new(),
             signals: Vec::new(),
             drain: None,
@@ -236,7 +235,6 @@ pub fn run(setup: Setup, router: &Router, output: Arc<Output>) -> u8 {
 
 impl Supervisor {
     fn enter(&mut self, state: State, detail: &str) {
-        self.state = state;
         let now = Stamp::now();
         self.states.push(StateChange {
             state,
@@ -274,7 +272,7 @@ impl Supervisor {
         if self.outcome.is_none() {
             self.reported = std::time::Instant::now();
             let snapshot = self.report_with(Outcome {
-                status: self.state,
+                status: self.states.last().map_or(State::Starting, |c| c.state),
                 reason: String::new(),
                 end_reason: String::new(),
                 error: None,
