@@ -51,7 +51,7 @@ const NOT_STARTED_TEXT: &str = "Not started: the run was stopped first";
 /// announced (its cpuguard drained).
 #[derive(Debug, Clone)]
 struct ParentDrain {
-    reason: String,
+    reason: EndReason,
     /// When the parent asked, or heard of it: the drain timeout counts from here.
     requested: Stamp,
     timeout_ms: Option<u32>,
@@ -100,7 +100,7 @@ impl Worker {
             Why::DrainTimeout => {
                 let (reason, ms) = self.drain.as_ref().map_or_else(
                     || (String::new(), 0),
-                    |d| (d.reason.clone(), d.timeout_ms.unwrap_or_default()),
+                    |d| (d.reason.to_string(), d.timeout_ms.unwrap_or_default()),
                 );
                 format!(
                     "Drain ({reason}) did not complete within the drain timeout ({ms} ms): \
@@ -568,14 +568,14 @@ impl Parent {
             if drain.said.is_none()
                 && let Some(said) = said
             {
-                drain.reason = said.reason.to_string();
+                drain.reason = said.reason.clone();
                 drain.said = Some(said);
             }
             return;
         }
         let reason = said
             .as_ref()
-            .map_or_else(|| EndReason::CPU_LIMIT.to_owned(), |d| d.reason.to_string());
+            .map_or(EndReason::CpuLimit, |d| d.reason.clone());
         let cause = said.as_ref().and_then(DrainRecord::cause);
         match &cause {
             Some(cause) => progress!(
@@ -596,13 +596,12 @@ impl Parent {
 
     /// Asks worker `id` to drain with reason stop-requested (SIGTERM).
     fn request_drain(&mut self, id: u32) {
-        let reason = EndReason::StopRequested.as_str().to_owned();
-        self.start_drain(id, reason, None, true);
+        self.start_drain(id, EndReason::StopRequested, None, true);
     }
 
     /// Starts timing a drain of worker `id`, and asks for it when the parent
     /// is the one asking.
-    fn start_drain(&mut self, id: u32, reason: String, said: Option<DrainRecord>, ask: bool) {
+    fn start_drain(&mut self, id: u32, reason: EndReason, said: Option<DrainRecord>, ask: bool) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
@@ -620,7 +619,7 @@ impl Parent {
             timeout_ms.map_or_else(|| "none".to_owned(), |ms| format!("{ms} ms"))
         );
         self.observer
-            .drain_started(now.mono, &reason, format!("worker {id}: {reason}"));
+            .drain_started(now.mono, reason.as_str(), format!("worker {id}: {reason}"));
         w.drain = Some(ParentDrain {
             reason,
             requested: now,
@@ -873,7 +872,7 @@ fn result_of(w: &Worker) -> Report {
 /// is what its drain should say.
 fn with_parent_drain(mut report: Report, w: &Worker) -> Report {
     if let (Some(drain), Some(parent)) = (report.drain.as_mut(), w.drain.as_ref())
-        && drain.reason.as_str() == parent.reason
+        && drain.reason == parent.reason
     {
         drain.timeout_ms = parent.timeout_ms;
     }
@@ -897,7 +896,7 @@ fn made_report(
         at: ended.rfc3339(),
     });
     let drain = w.drain.as_ref().map(|d| {
-        let reason = EndReason::parse(&d.reason).unwrap_or(EndReason::CpuLimit);
+        let reason = d.reason.clone();
         // What the worker said of it, else a drain the parent asked for.
         let said = d
             .said
