@@ -101,10 +101,6 @@ impl Settings {
     fn interval(&self) -> Duration {
         Duration::from_millis(u64::from(self.interval_ms.max(MIN_INTERVAL_MS)))
     }
-
-    fn drain_timeout(&self) -> Option<Duration> {
-        (self.drain_timeout_ms > 0).then(|| Duration::from_millis(u64::from(self.drain_timeout_ms)))
-    }
 }
 
 /// What a drain in progress needs to remember.
@@ -118,33 +114,41 @@ struct Drain {
     /// the ERROR if the drain has not completed by then.
     deadline: Option<gst::SingleShotClockId>,
     timeout_ms: u32,
-    completed: bool,
-    timed_out: bool,
+    /// How it ended; `None` while under way.
+    ended: Option<DrainEnd>,
     /// Our own EOS (with tag and reason) has gone downstream.
     eos_forwarded: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainEnd {
+    /// Every sink has the EOS (or, with no parent bin, ours went out).
+    Completed,
+    /// The deadline came first; the ERROR is posted.
+    TimedOut,
+}
+
 impl Drain {
-    /// Whether the drain is over (completed or timed out), noting completion
-    /// when every sink has the EOS (or, with no parent bin, ours went out).
+    /// Whether the drain is over, noting completion when it has come.
     fn finished(&mut self) -> bool {
-        if self.completed || self.timed_out {
+        if self.ended.is_some() {
             return true;
         }
-        self.completed = match &self.top {
+        let completed = match &self.top {
             Some(top) => drain::all_sinks_eos(top),
             None => self.eos_forwarded,
         };
-        if self.completed {
+        if completed {
             gst::info!(
                 CAT,
                 "Drain ({}) completed in {} ms",
                 self.reason,
                 self.started.elapsed().as_millis()
             );
+            self.ended = Some(DrainEnd::Completed);
             self.cancel_deadline();
         }
-        self.completed
+        completed
     }
 
     fn cancel_deadline(&mut self) {
@@ -273,7 +277,7 @@ impl CpuGuard {
         if drain.finished() {
             return;
         }
-        drain.timed_out = true;
+        drain.ended = Some(DrainEnd::TimedOut);
         let (reason, timeout_ms) = (drain.reason.clone(), drain.timeout_ms);
         drop(state);
         gst::error!(
@@ -293,10 +297,9 @@ impl CpuGuard {
     }
 
     /// Starts the clock that ends the drain's wait at drain-timeout.
-    fn drain_deadline(&self, run: u64, timeout: Duration) -> Option<gst::SingleShotClockId> {
+    fn drain_deadline(&self, run: u64, timeout_ms: u32) -> Option<gst::SingleShotClockId> {
         let clock = gst::SystemClock::obtain();
-        let timeout = gst::ClockTime::try_from(timeout).unwrap_or(gst::ClockTime::MAX);
-        let at = clock.time().saturating_add(timeout);
+        let at = clock.time() + gst::ClockTime::from_mseconds(u64::from(timeout_ms));
         let deadline = clock.new_single_shot_id(at);
         let weak = self.obj().downgrade();
         let waiting = deadline.wait_async(move |_, _, _| {
@@ -522,12 +525,12 @@ impl CpuGuard {
                 reason: notice.reason.clone(),
                 top: top.clone(),
                 started: Instant::now(),
-                deadline: settings
-                    .drain_timeout()
-                    .and_then(|timeout| self.drain_deadline(run, timeout)),
+                // drain-timeout=0 waits forever.
+                deadline: (settings.drain_timeout_ms > 0)
+                    .then(|| self.drain_deadline(run, settings.drain_timeout_ms))
+                    .flatten(),
                 timeout_ms: settings.drain_timeout_ms,
-                completed: false,
-                timed_out: false,
+                ended: None,
                 eos_forwarded: false,
             });
         }
