@@ -104,6 +104,17 @@ pub struct SignalReport {
     pub action: String,
 }
 
+impl SignalReport {
+    /// `signal`, received or sent now, and what it did.
+    pub fn now(signal: nix::sys::signal::Signal, action: &str) -> Self {
+        SignalReport {
+            signal: signal.as_str().to_owned(),
+            at: Stamp::now().rfc3339(),
+            action: action.to_owned(),
+        }
+    }
+}
+
 /// What crash safety did with one muxer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CrashSafeReport {

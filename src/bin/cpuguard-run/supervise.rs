@@ -655,11 +655,7 @@ impl Supervisor {
     fn on_signal(&mut self, signal: Signal) {
         // Recorded first, so a report made while stopping already lists it.
         let index = self.signals.len();
-        self.signals.push(SignalReport {
-            signal: signal.as_str().to_owned(),
-            at: Stamp::now().rfc3339(),
-            action: String::new(),
-        });
+        self.signals.push(SignalReport::now(signal, ""));
         self.observer.signal(signal.as_str());
         let action = if self.flow.phase == Phase::Ended {
             "none (the run had already ended)".to_owned()

@@ -78,11 +78,7 @@ struct Worker {
 
 impl Worker {
     fn send(&mut self, signal: Signal, action: &'static str) {
-        self.sent.push(SignalReport {
-            signal: signal.as_str().to_owned(),
-            at: Stamp::now().rfc3339(),
-            action: action.to_owned(),
-        });
+        self.sent.push(SignalReport::now(signal, action));
         let result = if signal == Signal::SIGKILL {
             killpg(Pid::from_raw(self.pid), signal)
         } else {
@@ -539,11 +535,7 @@ impl Parent {
             }
         };
         gst::info!(CAT, "cpuguard-run: {signal} received: {action}");
-        self.signals.push(SignalReport {
-            signal: signal.as_str().to_owned(),
-            at: Stamp::now().rfc3339(),
-            action: action.to_owned(),
-        });
+        self.signals.push(SignalReport::now(signal, action));
     }
 
     /// Jobs still waiting for admission will not run: each gets its result.
