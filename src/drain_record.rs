@@ -1,11 +1,12 @@
 //! One drain, as every account of it says it: the `drain` object of
 //! cpuguard-run's JSON result (and so of the final webhook), and what a
-//! multi-pipeline worker tells its parent when it starts ending. The reason
-//! and the trigger are the core's types; on the wire they are the strings of
-//! the public contract (`cpu-limit`, `soft`, ...).
+//! multi-pipeline worker tells its parent when it starts ending. The reason,
+//! the trigger and the load source are the core's types; on the wire they are
+//! the strings of the public contract (`cpu-limit`, `soft`, `system`, ...).
 
 use serde::{Deserialize, Serialize};
 
+use crate::load::LoadSourceKind;
 use crate::messages::DrainTrigger;
 use crate::reason::EndReason;
 
@@ -26,8 +27,9 @@ pub struct DrainRecord {
     /// The load and threshold cpuguard reported when draining.
     pub load: Option<f64>,
     pub threshold: Option<f64>,
-    /// The load source, as cpuguard named it (`none` before any sample).
-    pub source: Option<String>,
+    /// The load source cpuguard measured; null until cpuguard said it, and
+    /// when it drained with no source (its `cpuguard-drain` said `none`).
+    pub source: Option<LoadSourceKind>,
     pub requested_at: String,
     /// True when the pipeline reached EOS.
     pub completed: bool,
@@ -71,10 +73,7 @@ impl DrainRecord {
     /// load started.
     pub fn cause(&self) -> Option<String> {
         let (trigger, load) = self.threshold_crossing()?;
-        let source = self
-            .source
-            .as_deref()
-            .map_or(String::new(), |s| format!(" ({s})"));
+        let source = self.source.map_or(String::new(), |s| format!(" ({s})"));
         let threshold = self.threshold.map_or(String::new(), |t| format!(" {t}"));
         Some(format!(
             "load {load:.3}{source} reached the {trigger} threshold{threshold}"
@@ -89,7 +88,6 @@ impl DrainRecord {
             let threshold = self.threshold.map_or(String::new(), |t| format!(" {t}"));
             let source = self
                 .source
-                .as_deref()
                 .map_or(String::new(), |s| format!(", source {s}"));
             text.push_str(&format!(
                 ": load {load:.3} reached the {trigger} threshold{threshold}{source}"
@@ -151,7 +149,7 @@ mod tests {
             element: Some("cpuguard0".to_owned()),
             load: Some(0.97),
             threshold: Some(0.95),
-            source: Some("system".to_owned()),
+            source: Some(LoadSourceKind::System),
             completed: true,
             duration_s: 0.2,
             timeout_ms: Some(30_000),
@@ -180,6 +178,12 @@ mod tests {
         let bad = json.replace(r#""hard""#, r#""sideways""#);
         let err = serde_json::from_str::<DrainRecord>(&bad).unwrap_err();
         assert!(err.to_string().contains("sideways"), "{err}");
+        let bad = json.replace(r#""system""#, r#""gpu""#);
+        let err = serde_json::from_str::<DrainRecord>(&bad).unwrap_err();
+        assert!(err.to_string().contains("gpu"), "{err}");
+        let unknown = json.replace(r#""system""#, "null");
+        let back = serde_json::from_str::<DrainRecord>(&unknown).unwrap();
+        assert_eq!(back.source, None);
     }
 
     #[test]

@@ -101,6 +101,21 @@ impl FromStr for LoadSourceKind {
     }
 }
 
+/// On the wire (the JSON result, worker events) a source is its name, as in
+/// the `load-source` property and the bus messages.
+impl serde::Serialize for LoadSourceKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LoadSourceKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One measurement.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LoadSample {

@@ -129,7 +129,12 @@ fn source_kinds_round_trip_through_strings() {
     for kind in LoadSourceKind::ALL {
         assert_eq!(kind.as_str().parse::<LoadSourceKind>().unwrap(), kind);
         assert_eq!(kind.to_string(), kind.as_str());
+        let json = serde_json::to_string(&kind).unwrap();
+        assert_eq!(json, format!("\"{kind}\""));
+        assert_eq!(serde_json::from_str::<LoadSourceKind>(&json).unwrap(), kind);
     }
+    let err = serde_json::from_str::<LoadSourceKind>("\"cpu\"").unwrap_err();
+    assert!(err.to_string().contains("cpu"), "{err}");
     assert_eq!(
         " PSI ".parse::<LoadSourceKind>().unwrap(),
         LoadSourceKind::Psi

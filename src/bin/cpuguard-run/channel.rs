@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::report::State;
 use gstcpuguard::drain_record::DrainRecord;
+use gstcpuguard::load::LoadSourceKind;
 
 /// Marks an event line on a worker's stdout.
 pub const PREFIX: &str = "@cpuguard-worker ";
@@ -37,7 +38,7 @@ pub enum WorkerEvent {
     Load {
         load: f64,
         capacity: f64,
-        source: String,
+        source: LoadSourceKind,
         process_cpu: Option<f64>,
     },
 }
@@ -74,7 +75,7 @@ mod tests {
             element: Some("cpuguard0".to_owned()),
             load: Some(0.9),
             threshold: Some(0.5),
-            source: Some("system".to_owned()),
+            source: Some(LoadSourceKind::System),
             ..DrainRecord::requested(
                 gstcpuguard::reason::EndReason::CpuLimit,
                 "2026-12-03T06:00:04.290Z".to_owned(),
@@ -116,7 +117,7 @@ mod tests {
         let load = WorkerEvent::Load {
             load: 0.5,
             capacity: 2.0,
-            source: "system".to_owned(),
+            source: LoadSourceKind::System,
             process_cpu: None,
         };
         assert_eq!(WorkerEvent::parse(&load.to_line()).unwrap().unwrap(), load);

@@ -84,7 +84,7 @@ impl Drain {
             element: Some(element),
             load: Some(said.load),
             threshold: Some(said.threshold),
-            source: Some(said.source.map_or("none", |s| s.as_str()).to_owned()),
+            source: said.source,
             ..DrainRecord::requested(said.reason, requested.rfc3339())
         };
         Self::new(record, requested)
@@ -177,7 +177,7 @@ mod tests {
         );
         assert_eq!(drain.answer, Answer::Settled);
         assert_eq!(drain.record.load, Some(0.97));
-        assert_eq!(drain.record.source.as_deref(), Some("system"));
+        assert_eq!(drain.record.source, Some(LoadSourceKind::System));
         assert_eq!(drain.record.reason, EndReason::StopRequested);
         assert_eq!(
             drain.merge(said("guard0", EndReason::StopRequested, 0.1)),

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use gstcpuguard::load::LoadSourceKind;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;
@@ -22,7 +23,7 @@ type F64Gauge = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabel {
-    source: String,
+    source: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -215,9 +216,9 @@ impl Metrics {
         }
     }
 
-    pub fn sample(&self, load: f64, capacity: f64, source: &str) {
+    pub fn sample(&self, load: f64, capacity: f64, source: LoadSourceKind) {
         let label = SourceLabel {
-            source: source.to_owned(),
+            source: source.as_str(),
         };
         self.load.get_or_create(&label).set(load);
         self.samples.get_or_create(&label).inc();

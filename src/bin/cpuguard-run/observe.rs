@@ -10,6 +10,7 @@ use std::time::Instant;
 use crate::metrics::{self, Metrics};
 use crate::progress::progress;
 use crate::timeline::{Thresholds, Timeline};
+use gstcpuguard::load::LoadSourceKind;
 
 #[derive(Default)]
 pub struct Observer {
@@ -59,7 +60,7 @@ impl Observer {
         self.metrics_url.clone()
     }
 
-    pub fn sample(&mut self, at: Instant, load: f64, capacity: f64, source: &str) {
+    pub fn sample(&mut self, at: Instant, load: f64, capacity: f64, source: LoadSourceKind) {
         if let Some(m) = &self.metrics {
             m.sample(load, capacity, source);
         }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use gstcpuguard::drain_record::DrainRecord;
+use gstcpuguard::load::LoadSourceKind;
 use serde::{Deserialize, Serialize};
 
 /// Reasons the supervisor reports besides the drain reasons of
@@ -189,7 +190,7 @@ pub struct Report {
     /// Names of the cpuguard elements (empty: CPU guarding was off).
     pub cpuguard_elements: Vec<String>,
     /// The load source cpuguard measured (`system`, `cgroup`, ...).
-    pub load_source: Option<String>,
+    pub load_source: Option<LoadSourceKind>,
     /// CPUs the load was measured against (quota, else CPU request; affinity;
     /// online CPUs), as of the last sample; null without samples.
     pub capacity: Option<f64>,

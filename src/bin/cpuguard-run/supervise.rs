@@ -27,6 +27,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use gst::prelude::*;
+use gstcpuguard::load::LoadSourceKind;
 use gstcpuguard::messages::{self, DrainTrigger, Message};
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::Signal;
@@ -122,7 +123,7 @@ struct Supervisor {
     flow: Flow,
     peak_load: Option<f64>,
     last_load: Option<f64>,
-    load_source: Option<String>,
+    load_source: Option<LoadSourceKind>,
     capacity: Option<f64>,
     sinks: SinkWatch,
     error_in_drain: Option<ErrorInDrain>,
@@ -446,10 +447,10 @@ impl Supervisor {
         if !load.is_finite() {
             return;
         }
-        let source = sample.source.as_str();
+        let source = sample.source;
         self.last_load = Some(load);
         self.peak_load = Some(self.peak_load.map_or(load, |peak| peak.max(load)));
-        self.load_source = Some(source.to_owned());
+        self.load_source = Some(source);
         self.capacity = Some(capacity);
         gst::debug!(
             CAT,
@@ -459,7 +460,7 @@ impl Supervisor {
             channel::send(&WorkerEvent::Load {
                 load,
                 capacity,
-                source: source.to_owned(),
+                source,
                 process_cpu: self
                     .process_cpu
                     .update_own_process(std::time::Instant::now()),
@@ -1019,7 +1020,7 @@ impl Supervisor {
             exit_code: outcome.exit_code,
             pipeline: self.description.clone(),
             cpuguard_elements: self.guards.iter().map(|g| g.name().to_string()).collect(),
-            load_source: self.load_source.clone(),
+            load_source: self.load_source,
             capacity: self.capacity.map(|c| (c * 1000.0).round() / 1000.0),
             drain_requested_at: self.drain.as_ref().map(|d| d.requested.rfc3339()),
             drain,

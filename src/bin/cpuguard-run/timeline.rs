@@ -4,6 +4,7 @@
 //! Samples are only collected during the run; the picture is drawn once, when
 //! it ends.
 
+use gstcpuguard::load::LoadSourceKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,7 +43,7 @@ pub struct Timeline {
     start: Instant,
     thresholds: Thresholds,
     load: Vec<(f64, f64)>,
-    source: Option<String>,
+    source: Option<LoadSourceKind>,
     capacity: Option<f64>,
     /// Worker id → (time, CPUs as a share of capacity).
     workers: BTreeMap<u32, Vec<(f64, f64)>>,
@@ -75,13 +76,11 @@ impl Timeline {
         at.saturating_duration_since(self.start).as_secs_f64()
     }
 
-    pub fn sample(&mut self, at: Instant, load: f64, capacity: f64, source: &str) {
+    pub fn sample(&mut self, at: Instant, load: f64, capacity: f64, source: LoadSourceKind) {
         let t = self.seconds(at);
         self.load.push((t, load));
         self.capacity = Some(capacity);
-        if self.source.as_deref() != Some(source) {
-            self.source = Some(source.to_owned());
-        }
+        self.source = Some(source);
     }
 
     /// A worker's CPUs, drawn as a share of the capacity so it reads on the

@@ -15,7 +15,7 @@ use std::process::ExitStatus;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use gstcpuguard::load::LoadMeter;
+use gstcpuguard::load::{LoadMeter, LoadSourceKind};
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -143,7 +143,7 @@ struct Summary {
     ended_at: String,
     duration_s: f64,
     peak_load: Option<f64>,
-    load_source: String,
+    load_source: LoadSourceKind,
     /// CPUs the load is measured against, as of the last sample (the
     /// workers', else the parent's).
     capacity: f64,
@@ -460,7 +460,7 @@ impl Parent {
                         );
                         self.peak_load = Some(self.peak_load.map_or(load, |p| p.max(load)));
                         self.capacity = Some(capacity);
-                        self.observer.sample(now, load, capacity, &source);
+                        self.observer.sample(now, load, capacity, source);
                         if let Some(cpu) = process_cpu {
                             self.observer.worker_cpu(now, id, cpu);
                         }
@@ -647,7 +647,7 @@ impl Parent {
                     sample.capacity
                 );
                 self.observer
-                    .sample(now, sample.load, sample.capacity, sample.source.as_str());
+                    .sample(now, sample.load, sample.capacity, sample.source);
                 self.load_warning = None;
                 self.peak_load = Some(self.peak_load.map_or(sample.load, |p| p.max(sample.load)));
                 Some(sample.load)
@@ -760,7 +760,7 @@ impl Parent {
             ended_at: ended.rfc3339(),
             duration_s: self.started.seconds_until(&ended),
             peak_load: self.peak_load.map(|l| (l * 10_000.0).round() / 10_000.0),
-            load_source: self.meter.source().to_string(),
+            load_source: self.meter.source(),
             capacity: (self.capacity.unwrap_or_else(|| self.meter.capacity()) * 1000.0).round()
                 / 1000.0,
             signals: self.signals.clone(),
