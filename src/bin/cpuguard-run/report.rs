@@ -10,23 +10,67 @@ use std::time::{Instant, SystemTime};
 
 use gstcpuguard::drain_record::DrainRecord;
 use gstcpuguard::load::LoadSourceKind;
+use gstcpuguard::reason::EndReason;
 use serde::{Deserialize, Serialize};
 
-/// Reasons the supervisor reports besides the drain reasons of
-/// [`gstcpuguard::reason::EndReason`] (`cpu-limit`, `stop-requested`, custom).
-pub mod reasons {
+/// Why a run ended: a completed drain's own reason (`cpu-limit`,
+/// `stop-requested`, an application's), or one the supervisor gives. The
+/// result's `status`, `reason`, `end_reason` and exit code all follow from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunReason {
     /// The pipeline ended by itself (EOS without any drain).
-    pub const EOS: &str = "eos";
-    pub const EOS_TEXT: &str = "End of stream";
+    Eos,
+    /// A drain completed (the pipeline's EOS came).
+    Drained(EndReason),
     /// SIGINT stopped the pipeline at once.
-    pub const INTERRUPTED: &str = "interrupted";
-    pub const INTERRUPTED_TEXT: &str = "Interrupted (SIGINT): stopped without draining";
-    /// A pipeline ERROR message.
-    pub const ERROR: &str = "error";
-    pub const ERROR_TEXT: &str = "Pipeline error";
+    Interrupted,
+    /// A pipeline ERROR.
+    Error,
     /// A drain that did not complete in time.
-    pub const DRAIN_TIMEOUT: &str = "drain-timeout";
-    pub const DRAIN_TIMEOUT_TEXT: &str = "Drain did not complete in time";
+    DrainTimeout,
+    /// A multi-pipeline job that never started: the run was stopped first.
+    NotStarted,
+}
+
+impl RunReason {
+    pub fn as_str(&self) -> &str {
+        match self {
+            RunReason::Eos => "eos",
+            RunReason::Drained(reason) => reason.as_str(),
+            RunReason::Interrupted => "interrupted",
+            RunReason::Error => "error",
+            RunReason::DrainTimeout => "drain-timeout",
+            RunReason::NotStarted => "not-started",
+        }
+    }
+
+    /// The human text of `end_reason`.
+    pub fn description(&self) -> String {
+        match self {
+            RunReason::Eos => "End of stream".to_owned(),
+            RunReason::Drained(reason) => reason.description(),
+            RunReason::Interrupted => "Interrupted (SIGINT): stopped without draining".to_owned(),
+            RunReason::Error => "Pipeline error".to_owned(),
+            RunReason::DrainTimeout => "Drain did not complete in time".to_owned(),
+            RunReason::NotStarted => "Not started: the run was stopped first".to_owned(),
+        }
+    }
+
+    /// COMPLETE when the stream ended with its EOS, else FAILED.
+    pub fn status(&self) -> State {
+        match self {
+            RunReason::Eos | RunReason::Drained(_) => State::Complete,
+            _ => State::Failed,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunReason::Eos | RunReason::Drained(_) => crate::exit::COMPLETE,
+            RunReason::Interrupted => crate::exit::INTERRUPTED,
+            _ => crate::exit::FAILED,
+        }
+    }
 }
 
 /// The run's phases, as LiveKit Egress names them.
@@ -226,14 +270,14 @@ impl Report {
     pub fn failed(
         pipeline: &str,
         cpuguard_elements: &[String],
-        (reason, end_reason): (&str, &str),
+        reason: &RunReason,
         started: &Stamp,
         ended: &Stamp,
     ) -> Report {
         Report {
             status: State::Failed,
-            reason: reason.to_owned(),
-            end_reason: end_reason.to_owned(),
+            reason: reason.as_str().to_owned(),
+            end_reason: reason.description(),
             started_at: started.rfc3339(),
             ended_at: ended.rfc3339(),
             duration_s: started.seconds_until(ended),
@@ -414,5 +458,65 @@ impl Output {
             }
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_reason_gives_its_status_strings_and_exit_code() {
+        let cases = [
+            (RunReason::Eos, "eos", "End of stream", State::Complete, 0),
+            (
+                RunReason::Drained(EndReason::CpuLimit),
+                "cpu-limit",
+                "CPU limit reached",
+                State::Complete,
+                0,
+            ),
+            (
+                RunReason::Drained(EndReason::parse("maintenance").unwrap()),
+                "maintenance",
+                "Drain requested: maintenance",
+                State::Complete,
+                0,
+            ),
+            (
+                RunReason::Interrupted,
+                "interrupted",
+                "Interrupted (SIGINT): stopped without draining",
+                State::Failed,
+                130,
+            ),
+            (
+                RunReason::Error,
+                "error",
+                "Pipeline error",
+                State::Failed,
+                1,
+            ),
+            (
+                RunReason::DrainTimeout,
+                "drain-timeout",
+                "Drain did not complete in time",
+                State::Failed,
+                1,
+            ),
+            (
+                RunReason::NotStarted,
+                "not-started",
+                "Not started: the run was stopped first",
+                State::Failed,
+                1,
+            ),
+        ];
+        for (reason, name, text, status, code) in cases {
+            assert_eq!(reason.as_str(), name);
+            assert_eq!(reason.description(), text);
+            assert_eq!(reason.status(), status, "{name}");
+            assert_eq!(reason.exit_code(), code, "{name}");
+        }
     }
 }

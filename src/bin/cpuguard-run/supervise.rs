@@ -35,7 +35,6 @@ use nix::sys::signal::Signal;
 use crate::branches::SinkWatch;
 use crate::channel::{self, WorkerEvent};
 use crate::drain::{Answer, Drain, Merged};
-use crate::exit;
 use crate::finish::Notifier;
 use crate::flow::{self, Action, End, Event, Flow, Ignored, Phase};
 use crate::guard;
@@ -44,7 +43,7 @@ use crate::observe::Observer;
 use crate::outputs::Outputs;
 use crate::progress::progress;
 use crate::report::{
-    CrashSafeReport, Output, Report, SignalReport, Stamp, State, StateChange, reasons, round_ms,
+    CrashSafeReport, Output, Report, RunReason, SignalReport, Stamp, State, StateChange, round_ms,
 };
 use crate::signals::Router;
 
@@ -86,15 +85,11 @@ pub struct Setup {
 /// (state changes are written at once).
 const REPORT_REFRESH: Duration = Duration::from_secs(5);
 
+/// How the run ended, and when.
 #[derive(Debug, Clone)]
 struct Outcome {
-    status: State,
-    reason: String,
-    end_reason: String,
-    error: Option<String>,
-    error_source: Option<String>,
-    error_debug: Option<String>,
-    exit_code: u8,
+    reason: RunReason,
+    error: Option<ErrorDetails>,
     at: Stamp,
 }
 
@@ -272,16 +267,7 @@ impl Supervisor {
     fn refresh_report(&mut self) {
         if self.outcome.is_none() {
             self.reported = std::time::Instant::now();
-            let snapshot = self.report_with(Outcome {
-                status: self.states.last().map_or(State::Starting, |c| c.state),
-                reason: String::new(),
-                end_reason: String::new(),
-                error: None,
-                error_source: None,
-                error_debug: None,
-                exit_code: 0,
-                at: Stamp::now(),
-            });
+            let snapshot = self.report_with(None);
             self.output.update(&snapshot);
         }
     }
@@ -312,12 +298,7 @@ impl Supervisor {
     fn fail_to_start(&mut self, text: &str) {
         if flow::step(&mut self.flow, Event::StartFailed) == [Action::Finish(End::Error)] {
             progress!("error: {text}");
-            self.finish(
-                State::Failed,
-                reasons::ERROR,
-                reasons::ERROR_TEXT,
-                Some((text.to_owned(), None, None)),
-            );
+            self.finish(RunReason::Error, Some((text.to_owned(), None, None)));
         }
     }
 
@@ -366,12 +347,7 @@ impl Supervisor {
                     match action {
                         Action::Finish(End::DrainTimeout) => {
                             progress!("{}: {text}", source.as_deref().unwrap_or("cpuguard"));
-                            self.finish(
-                                State::Failed,
-                                reasons::DRAIN_TIMEOUT,
-                                reasons::DRAIN_TIMEOUT_TEXT,
-                                Some(details),
-                            );
+                            self.finish(RunReason::DrainTimeout, Some(details));
                         }
                         Action::WatchBranches => {
                             let failed =
@@ -383,12 +359,7 @@ impl Supervisor {
                                 "error from {}: {text}",
                                 source.as_deref().unwrap_or("the pipeline")
                             );
-                            self.finish(
-                                State::Failed,
-                                reasons::ERROR,
-                                reasons::ERROR_TEXT,
-                                Some(details),
-                            );
+                            self.finish(RunReason::Error, Some(details));
                         }
                         _ => {}
                     }
@@ -609,12 +580,7 @@ impl Supervisor {
         if let Some(note) = note {
             pending.error.0 = format!("{}; {note}", pending.error.0);
         }
-        self.finish(
-            State::Failed,
-            reasons::ERROR,
-            reasons::ERROR_TEXT,
-            Some(pending.error),
-        );
+        self.finish(RunReason::Error, Some(pending.error));
     }
 
     fn on_eos(&mut self) {
@@ -631,23 +597,22 @@ impl Supervisor {
             match (end, self.drain.as_ref()) {
                 (End::DrainError { .. }, _) => self.fail_with_drain_error(None),
                 (End::Drained, Some(drain)) => {
-                    let (reason, description) =
-                        (drain.reason.to_string(), drain.description.clone());
+                    let reason = RunReason::Drained(drain.reason.clone());
                     progress!(
                         "pipeline reached EOS: drain completed in {:.3} s",
                         drain.requested.seconds_until(&Stamp::now())
                     );
-                    self.finish(State::Complete, &reason, &description, None);
+                    self.finish(reason, None);
                 }
                 (_, Some(_)) => {
                     progress!(
                         "pipeline reached EOS by itself (a stop request came during its end)"
                     );
-                    self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+                    self.finish(RunReason::Eos, None);
                 }
                 (_, None) => {
                     progress!("pipeline reached EOS by itself");
-                    self.finish(State::Complete, reasons::EOS, reasons::EOS_TEXT, None);
+                    self.finish(RunReason::Eos, None);
                 }
             }
         }
@@ -689,12 +654,7 @@ impl Supervisor {
         if let Some(record) = self.signals.last_mut() {
             record.action = "stop".to_owned();
         }
-        self.finish(
-            State::Failed,
-            reasons::INTERRUPTED,
-            reasons::INTERRUPTED_TEXT,
-            None,
-        );
+        self.finish(RunReason::Interrupted, None);
         "stop".to_owned()
     }
 
@@ -852,23 +812,12 @@ impl Supervisor {
             return;
         }
         progress!("{text}: stopping the pipeline");
-        self.finish(
-            State::Failed,
-            reasons::DRAIN_TIMEOUT,
-            reasons::DRAIN_TIMEOUT_TEXT,
-            Some((text, None, None)),
-        );
+        self.finish(RunReason::DrainTimeout, Some((text, None, None)));
     }
 
     /// Ends the run once: cancels the drain timer, stops the pipeline, enters
     /// the final state and quits the main loop.
-    fn finish(
-        &mut self,
-        status: State,
-        reason: &str,
-        end_reason: &str,
-        error: Option<(String, Option<String>, Option<String>)>,
-    ) {
+    fn finish(&mut self, reason: RunReason, error: Option<ErrorDetails>) {
         if self.outcome.is_some() {
             return;
         }
@@ -878,23 +827,11 @@ impl Supervisor {
         if let Some(poll) = self.error_in_drain.as_mut().and_then(|p| p.poll.take()) {
             poll.remove();
         }
-        let exit_code = match (status, reason) {
-            (State::Complete, _) => exit::COMPLETE,
-            (_, reasons::INTERRUPTED) => exit::INTERRUPTED,
-            _ => exit::FAILED,
-        };
-        let (error, error_source, error_debug) = match error {
-            Some((text, source, debug)) => (Some(text), source, debug),
-            None => (None, None, None),
-        };
+        let (status, exit_code) = (reason.status(), reason.exit_code());
+        let (name, text) = (reason.as_str().to_owned(), reason.description());
         self.outcome = Some(Outcome {
-            status,
-            reason: reason.to_owned(),
-            end_reason: end_reason.to_owned(),
+            reason,
             error,
-            error_source,
-            error_debug,
-            exit_code,
             at: Stamp::now(),
         });
         if let Some(drain) = self.drain.as_mut() {
@@ -903,14 +840,14 @@ impl Supervisor {
             self.observer
                 .drain_ended(drain.reason.as_str(), drain.requested.seconds_until(&ended));
         }
-        self.observer.result(status.as_str(), reason);
+        self.observer.result(status.as_str(), &name);
 
         self.stop_pipeline();
         if let Some(outcome) = self.outcome.as_mut() {
             outcome.at = Stamp::now();
         }
         let detail = format!(
-            ": {end_reason} ({reason}) after {:.3} s; exit {exit_code}",
+            ": {text} ({name}) after {:.3} s; exit {exit_code}",
             self.started.seconds_until(&Stamp::now())
         );
         self.enter(status, &detail);
@@ -966,26 +903,41 @@ impl Supervisor {
     }
 
     fn report(&self) -> Report {
-        let now = Stamp::now();
-        self.report_with(self.outcome.clone().unwrap_or_else(|| Outcome {
+        let ended = self.outcome.clone().unwrap_or_else(|| Outcome {
             // Only reachable if the main loop stopped without an outcome.
-            status: State::Failed,
-            reason: reasons::ERROR.to_owned(),
-            end_reason: reasons::ERROR_TEXT.to_owned(),
-            error: Some("the run ended without an outcome".to_owned()),
-            error_source: None,
-            error_debug: None,
-            exit_code: exit::FAILED,
-            at: now,
-        }))
+            reason: RunReason::Error,
+            error: Some(("the run ended without an outcome".to_owned(), None, None)),
+            at: Stamp::now(),
+        });
+        self.report_with(Some(ended))
     }
 
-    /// The report for `outcome` (the final one, or the state so far).
-    fn report_with(&self, outcome: Outcome) -> Report {
+    /// The final report for `outcome`, or with `None` the state so far (its
+    /// reason empty until the run ends).
+    fn report_with(&self, outcome: Option<Outcome>) -> Report {
         let now = Stamp::now();
+        let (status, reason, end_reason, exit_code) = match &outcome {
+            Some(o) => (
+                o.reason.status(),
+                o.reason.as_str().to_owned(),
+                o.reason.description(),
+                o.reason.exit_code(),
+            ),
+            None => (
+                self.states.last().map_or(State::Starting, |c| c.state),
+                String::new(),
+                String::new(),
+                0,
+            ),
+        };
+        let at = outcome.as_ref().map_or(now, |o| o.at);
+        let (error, error_source, error_debug) = match outcome.and_then(|o| o.error) {
+            Some((text, source, debug)) => (Some(text), source, debug),
+            None => (None, None, None),
+        };
         // FAILED: the pipeline went to NULL without the muxers finalizing
         // (or not all of them): say which files were kept, and up to when.
-        let escalated = outcome.status == State::Failed;
+        let escalated = status == State::Failed;
         let crash_safe = self.protection.as_ref().map(|protection| {
             protection
                 .decisions()
@@ -1006,18 +958,18 @@ impl Supervisor {
             .as_ref()
             .map(|d| d.record_at(&now, self.drain_timeout_ms));
         Report {
-            status: outcome.status,
-            reason: outcome.reason,
-            end_reason: outcome.end_reason,
+            status,
+            reason,
+            end_reason,
             started_at: self.started.rfc3339(),
-            ended_at: outcome.at.rfc3339(),
-            duration_s: round_ms(self.started.seconds_until(&outcome.at)),
+            ended_at: at.rfc3339(),
+            duration_s: round_ms(self.started.seconds_until(&at)),
             peak_load: self.peak_load.map(round_load),
             last_load: self.last_load.map(round_load),
-            error: outcome.error,
-            error_source: outcome.error_source,
-            error_debug: outcome.error_debug,
-            exit_code: outcome.exit_code,
+            error,
+            error_source,
+            error_debug,
+            exit_code,
             pipeline: self.description.clone(),
             cpuguard_elements: self.guards.iter().map(|g| g.name().to_string()).collect(),
             load_source: self.load_source,

@@ -33,7 +33,7 @@ use crate::log::CAT;
 use crate::observe::Observer;
 use crate::progress::progress;
 use crate::report::{
-    Report, ReportFile, SignalReport, Stamp, State, StateChange, print_line, reasons, round_ms,
+    Report, ReportFile, RunReason, SignalReport, Stamp, State, StateChange, print_line, round_ms,
 };
 use crate::signals::Router;
 use gstcpuguard::drain_record::DrainRecord;
@@ -42,10 +42,6 @@ use gstcpuguard::messages::DrainTrigger;
 /// After SIGINT, how long workers get to stop before their groups are killed:
 /// a worker's own stop grace plus a margin.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(6);
-
-/// Reason for a job that never started because the run was stopped first.
-const NOT_STARTED: &str = "not-started";
-const NOT_STARTED_TEXT: &str = "Not started: the run was stopped first";
 
 /// A drain the parent times: one it asked for (a stop), or one the worker
 /// announced (its cpuguard drained).
@@ -415,7 +411,7 @@ impl Parent {
                     let text = format!("cannot start worker {id}: {err}");
                     gst::error!(CAT, "cpuguard-run: {text}");
                     progress!("{text}");
-                    let report = unstarted_report(&job, reasons::ERROR, reasons::ERROR_TEXT, text);
+                    let report = unstarted_report(&job, RunReason::Error, text);
                     self.emit(job.id, None, None, report);
                 }
             }
@@ -542,7 +538,7 @@ impl Parent {
     fn abandon_waiting(&mut self) {
         for job in std::mem::take(&mut self.waiting) {
             progress!("job {} ({}) not started", job.id, job.origin);
-            let report = unstarted_report(&job, NOT_STARTED, NOT_STARTED_TEXT, String::new());
+            let report = unstarted_report(&job, RunReason::NotStarted, String::new());
             self.emit(job.id, None, None, report);
         }
     }
@@ -840,12 +836,12 @@ fn result_of(w: &Worker) -> Report {
         if let Some(report) = parsed.filter(|r| r.status == State::Complete) {
             return with_parent_drain(report, w);
         }
-        let (reason, text) = if w.life.interrupted() {
-            (reasons::INTERRUPTED, reasons::INTERRUPTED_TEXT)
+        let reason = if w.life.interrupted() {
+            RunReason::Interrupted
         } else {
-            (reasons::DRAIN_TIMEOUT, reasons::DRAIN_TIMEOUT_TEXT)
+            RunReason::DrainTimeout
         };
-        return made_report(w, reason, text, w.killed_text(why), status);
+        return made_report(w, &reason, w.killed_text(why), status);
     }
     match parsed {
         Some(report) => with_parent_drain(report, w),
@@ -855,7 +851,7 @@ fn result_of(w: &Worker) -> Report {
                 |s| worker::describe_exit(&s),
             );
             progress!("worker {}: {text}", w.job.id);
-            made_report(w, reasons::ERROR, reasons::ERROR_TEXT, text, status)
+            made_report(w, &RunReason::Error, text, status)
         }
     }
 }
@@ -873,8 +869,7 @@ fn with_parent_drain(mut report: Report, w: &Worker) -> Report {
 
 fn made_report(
     w: &Worker,
-    reason: &str,
-    end_reason: &str,
+    reason: &RunReason,
     error: String,
     status: Option<ExitStatus>,
 ) -> Report {
@@ -923,7 +918,7 @@ fn made_report(
         ..Report::failed(
             &w.job.description,
             &w.job.cpuguard_elements,
-            (reason, end_reason),
+            reason,
             &w.started,
             &ended,
         )
@@ -932,7 +927,7 @@ fn made_report(
 
 /// The result of a job that never ran (not admitted before a stop, or its
 /// process could not be started).
-fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) -> Report {
+fn unstarted_report(job: &Job, reason: RunReason, error: String) -> Report {
     let now = Stamp::now();
     Report {
         error: (!error.is_empty()).then_some(error),
@@ -940,7 +935,7 @@ fn unstarted_report(job: &Job, reason: &str, end_reason: &str, error: String) ->
         ..Report::failed(
             &job.description,
             &job.cpuguard_elements,
-            (reason, end_reason),
+            &reason,
             &now,
             &now,
         )
