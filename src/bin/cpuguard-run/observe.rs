@@ -11,6 +11,7 @@ use crate::metrics::{self, Metrics};
 use crate::progress::progress;
 use crate::timeline::{Thresholds, Timeline};
 use gstcpuguard::load::LoadSourceKind;
+use gstcpuguard::reason::EndReason;
 
 #[derive(Default)]
 pub struct Observer {
@@ -103,18 +104,18 @@ impl Observer {
     }
 
     /// A drain started; `label` is what the picture writes at its moment.
-    pub fn drain_started(&mut self, at: Instant, reason: &str, label: String) {
+    pub fn drain_started(&mut self, at: Instant, reason: &EndReason, label: String) {
         if let Some(m) = &self.metrics {
-            m.drain_started(reason);
+            m.drain_started(reason.as_str());
         }
         if let Some(t) = &mut self.timeline {
             t.drain(at, label);
         }
     }
 
-    pub fn drain_ended(&self, reason: &str, seconds: f64) {
+    pub fn drain_ended(&self, reason: &EndReason, seconds: f64) {
         if let Some(m) = &self.metrics {
-            m.drain_ended(reason, seconds);
+            m.drain_ended(reason.as_str(), seconds);
         }
     }
 

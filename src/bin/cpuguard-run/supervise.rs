@@ -470,11 +470,8 @@ impl Supervisor {
                         }
                         _ => format!("drain: {}", reported.reason),
                     };
-                    self.observer.drain_started(
-                        reported.requested.mono,
-                        reported.reason.as_str(),
-                        label,
-                    );
+                    self.observer
+                        .drain_started(reported.requested.mono, &reported.reason, label);
                     self.drain = Some(reported);
                 }
                 Action::MergeGuardDrain => {
@@ -681,7 +678,7 @@ impl Supervisor {
                     let drain = Drain::requested(&reason);
                     self.observer.drain_started(
                         drain.requested.mono,
-                        drain.reason.as_str(),
+                        &drain.reason,
                         format!("{signal}: drain ({})", drain.reason),
                     );
                     self.drain = Some(drain);
@@ -838,7 +835,7 @@ impl Supervisor {
             let ended = Stamp::now();
             drain.ended = Some(ended);
             self.observer
-                .drain_ended(drain.reason.as_str(), drain.requested.seconds_until(&ended));
+                .drain_ended(&drain.reason, drain.requested.seconds_until(&ended));
         }
         self.observer.result(status.as_str(), &name);
 

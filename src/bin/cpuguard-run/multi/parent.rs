@@ -607,7 +607,7 @@ impl Parent {
             timeout_ms.map_or_else(|| "none".to_owned(), |ms| format!("{ms} ms"))
         );
         self.observer
-            .drain_started(now.mono, reason.as_str(), format!("worker {id}: {reason}"));
+            .drain_started(now.mono, &reason, format!("worker {id}: {reason}"));
         w.drain = Some(ParentDrain {
             reason,
             requested: now,
@@ -699,8 +699,7 @@ impl Parent {
         self.observer.worker_gone(id);
         self.observer.result(report.status.as_str(), &report.reason);
         if let Some(drain) = &report.drain {
-            self.observer
-                .drain_ended(drain.reason.as_str(), drain.duration_s);
+            self.observer.drain_ended(&drain.reason, drain.duration_s);
         }
         self.observer.running(self.workers.len());
         let result = WorkerResult {
