@@ -9,11 +9,11 @@
 //! draining (to time the drain and escalate), and its load samples (for
 //! `--metrics-addr` and `--timeline`).
 
+use gstcpuguard::drain_record::DrainRecord;
+use gstcpuguard::load::LoadSourceKind;
 use serde::{Deserialize, Serialize};
 
 use crate::report::State;
-use gstcpuguard::drain_record::DrainRecord;
-use gstcpuguard::load::LoadSourceKind;
 
 /// Marks an event line on a worker's stdout.
 pub const PREFIX: &str = "@cpuguard-worker ";

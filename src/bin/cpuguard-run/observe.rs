@@ -7,11 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use gstcpuguard::load::LoadSourceKind;
+use gstcpuguard::reason::EndReason;
+
 use crate::metrics::{self, Metrics};
 use crate::progress::progress;
 use crate::timeline::{Thresholds, Timeline};
-use gstcpuguard::load::LoadSourceKind;
-use gstcpuguard::reason::EndReason;
 
 #[derive(Default)]
 pub struct Observer {

@@ -4,11 +4,11 @@
 //! Samples are only collected during the run; the picture is drawn once, when
 //! it ends.
 
-use gstcpuguard::load::LoadSourceKind;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use gstcpuguard::load::LoadSourceKind;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 

@@ -15,7 +15,9 @@ use std::process::ExitStatus;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+use gstcpuguard::drain_record::DrainRecord;
 use gstcpuguard::load::{LoadMeter, LoadSourceKind};
+use gstcpuguard::messages::DrainTrigger;
 use gstcpuguard::reason::EndReason;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
@@ -36,8 +38,6 @@ use crate::report::{
     Report, ReportFile, RunReason, SignalReport, Stamp, State, StateChange, print_line, round_ms,
 };
 use crate::signals::Router;
-use gstcpuguard::drain_record::DrainRecord;
-use gstcpuguard::messages::DrainTrigger;
 
 /// After SIGINT, how long workers get to stop before their groups are killed:
 /// a worker's own stop grace plus a margin.
