@@ -7,7 +7,7 @@ use gstcpuguard::drain_record::DrainRecord;
 use gstcpuguard::messages;
 use gstcpuguard::reason::EndReason;
 
-use crate::report::Stamp;
+use crate::report::{Stamp, round_load};
 
 /// A drain under way or done.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ impl Drain {
     /// the time taken so far (or in all, once ended) and the timeout applied.
     pub fn record_at(&self, now: &Stamp, timeout_ms: Option<u32>) -> DrainRecord {
         DrainRecord {
-            load: self.record.load.map(|v| (v * 10_000.0).round() / 10_000.0),
+            load: self.record.load.map(round_load),
             requested_at: self.requested.rfc3339(),
             duration_s: self.requested.seconds_until(&self.ended.unwrap_or(*now)),
             timeout_ms,

@@ -134,6 +134,16 @@ pub fn round_ms(seconds: f64) -> f64 {
     (seconds * 1000.0).round() / 1000.0
 }
 
+/// Every load in a result: four decimals.
+pub fn round_load(load: f64) -> f64 {
+    (load * 10_000.0).round() / 10_000.0
+}
+
+/// Every capacity in a result: CPUs to three decimals.
+pub fn round_cpus(cpus: f64) -> f64 {
+    (cpus * 1000.0).round() / 1000.0
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StateChange {
     pub state: State,

@@ -43,7 +43,8 @@ use crate::observe::Observer;
 use crate::outputs::Outputs;
 use crate::progress::progress;
 use crate::report::{
-    CrashSafeReport, Output, Report, RunReason, SignalReport, Stamp, State, StateChange, round_ms,
+    CrashSafeReport, Output, Report, RunReason, SignalReport, Stamp, State, StateChange,
+    round_cpus, round_load, round_ms,
 };
 use crate::signals::Router;
 
@@ -949,7 +950,6 @@ impl Supervisor {
                 })
                 .collect()
         });
-        let round_load = |v: f64| (v * 10_000.0).round() / 10_000.0;
         let drain = self
             .drain
             .as_ref()
@@ -970,7 +970,7 @@ impl Supervisor {
             pipeline: self.description.clone(),
             cpuguard_elements: self.guards.iter().map(|g| g.name().to_string()).collect(),
             load_source: self.load_source,
-            capacity: self.capacity.map(|c| (c * 1000.0).round() / 1000.0),
+            capacity: self.capacity.map(round_cpus),
             drain_requested_at: self.drain.as_ref().map(|d| d.requested.rfc3339()),
             drain,
             states: self.states.clone(),

@@ -35,7 +35,8 @@ use crate::log::CAT;
 use crate::observe::Observer;
 use crate::progress::progress;
 use crate::report::{
-    Report, ReportFile, RunReason, SignalReport, Stamp, State, StateChange, print_line, round_ms,
+    Report, ReportFile, RunReason, SignalReport, Stamp, State, StateChange, print_line, round_cpus,
+    round_load, round_ms,
 };
 use crate::signals::Router;
 
@@ -754,10 +755,9 @@ impl Parent {
             started_at: self.started.rfc3339(),
             ended_at: ended.rfc3339(),
             duration_s: self.started.seconds_until(&ended),
-            peak_load: self.peak_load.map(|l| (l * 10_000.0).round() / 10_000.0),
+            peak_load: self.peak_load.map(round_load),
             load_source: self.meter.source(),
-            capacity: (self.capacity.unwrap_or_else(|| self.meter.capacity()) * 1000.0).round()
-                / 1000.0,
+            capacity: round_cpus(self.capacity.unwrap_or_else(|| self.meter.capacity())),
             signals: self.signals.clone(),
             sampling: self.sampling.clone(),
             metrics_url: self.observer.metrics_url(),
