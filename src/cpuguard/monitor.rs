@@ -10,31 +10,26 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 #[derive(Default)]
-struct Flags {
-    stopped: bool,
-}
-
-#[derive(Default)]
 struct StopFlag {
-    flags: Mutex<Flags>,
+    stopped: Mutex<bool>,
     wake: Condvar,
 }
 
 impl StopFlag {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Flags> {
-        self.flags
+    fn lock(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.stopped
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Waits up to `wait`; false once stopped.
     fn wait(&self, wait: Duration) -> bool {
-        let flags = self.lock();
-        let (flags, _) = self
+        let stopped = self.lock();
+        let (stopped, _) = self
             .wake
-            .wait_timeout_while(flags, wait, |f| !f.stopped)
+            .wait_timeout_while(stopped, wait, |stopped| !*stopped)
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        !flags.stopped
+        !*stopped
     }
 }
 
@@ -74,7 +69,7 @@ impl Monitor {
     }
 
     fn signal_and_join(&mut self) {
-        self.flag.lock().stopped = true;
+        *self.flag.lock() = true;
         self.flag.wake.notify_all();
         if let Some(handle) = self.handle.take()
             && handle.thread().id() != thread::current().id()
