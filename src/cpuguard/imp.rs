@@ -129,8 +129,9 @@ enum DrainEnd {
 }
 
 impl Drain {
-    /// Whether the drain is over, noting completion when it has come.
-    fn finished(&mut self) -> bool {
+    /// Whether the drain is over, noting completion when it has come
+    /// (`element`'s, for the log).
+    fn finished(&mut self, element: &CpuGuard) -> bool {
         if self.ended.is_some() {
             return true;
         }
@@ -141,6 +142,7 @@ impl Drain {
         if completed {
             gst::info!(
                 CAT,
+                imp = element,
                 "Drain ({}) completed in {} ms",
                 self.reason,
                 self.started.elapsed().as_millis()
@@ -274,7 +276,7 @@ impl CpuGuard {
         else {
             return;
         };
-        if drain.finished() {
+        if drain.finished(self) {
             return;
         }
         drain.ended = Some(DrainEnd::TimedOut);
@@ -331,7 +333,7 @@ impl CpuGuard {
         let drain = state.as_mut().and_then(|state| state.drain.as_mut());
         MemberFacts {
             ending: drain.is_some() || by_itself || exempt,
-            drain_finished: drain.is_some_and(Drain::finished),
+            drain_finished: drain.is_some_and(|drain| drain.finished(self)),
             dry_run,
         }
     }
