@@ -1,7 +1,8 @@
-//! The parent loop, on the GLib main loop single mode runs on too: it
-//! reacts to signals and to what workers say as it comes, times every drain (the worker's own, announced by its
-//! ENDING event, or a stop the parent asked for) and escalates an overdue one,
-//! and, with `--max-utilization` only, samples the load to admit waiting jobs.
+//! The parent loop, on the GLib main loop single mode runs on too: it reacts
+//! to signals and to what workers say as it comes, times every drain (the
+//! worker's own, announced by its ENDING event, or a stop the parent asked
+//! for) and escalates an overdue one, and, with `--max-utilization` only,
+//! samples the load to admit waiting jobs.
 //! Which worker drains is not decided here: the workers' cpuguard elements
 //! coordinate through the coordination directory. What each event does to a
 //! worker is decided by `lifecycle.rs`; this loop carries it out and keeps
