@@ -118,7 +118,11 @@ fn run_once(workers: usize, settle: Duration, window: Duration) -> Result<Run, S
         thread::sleep(window);
         let parent_after = live_threads_cpu_ns(pid)?;
         let meters_after = meter_cpu_ns(&meters)?;
-        Ok((parent_after - parent_before, meters_before, meters_after))
+        Ok((
+            parent_after.saturating_sub(parent_before),
+            meters_before,
+            meters_after,
+        ))
     });
     // Stopped whatever happened, so that no run outlives the bench.
     kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|e| format!("SIGTERM: {e}"))?;

@@ -33,10 +33,15 @@ member() {
   sh -c "$enter" "$@"
 }
 
-# samples FILE N: waits (bounded) until cpuguard logged N samples in FILE.
+# samples FILE N PID: waits (bounded) until cpuguard logged N samples in
+# FILE, or until process PID has ended (it will log no more).
 samples() {
   n=0
-  until [ "$(grep -c 'Sample: load' "$1")" -ge "$2" ] || [ $n -ge 1200 ]; do sleep 0.1; n=$((n + 1)); done
+  until [ "$(grep -c 'Sample: load' "$1")" -ge "$2" ] || ! kill -0 "$3" 2>/dev/null ||
+    [ $n -ge 1200 ]; do
+    sleep 0.1
+    n=$((n + 1))
+  done
 }
 
 short="videotestsrc is-live=true num-buffers=12 ! video/x-raw,width=64,height=48,framerate=6/1 ! cpuguard ! fakesink"
@@ -114,19 +119,34 @@ rec="videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=10/1
 sh -c "$enter" "$cg/src" env GST_DEBUG=cpuguard:5 GST_DEBUG_NO_COLOR=1 "$bin" --dry-run --interval 250 --load-source cgroup \
   $rec location="$out/sigterm.mp4" >"$out/sigterm.json" 2>"$out/sigterm.err" &
 pid=$!
-samples "$out/sigterm.err" 4
+samples "$out/sigterm.err" 4 $pid
 kill -TERM $pid # cpuguard-run itself: member and env exec it
 wait $pid
 echo $? >"$out/sigterm.rc"
 
-# A cpu-limit drain: the same recording, in a group squeezed from 1 CPU to
-# 0.25 once it records (a node that runs out of CPU), saturates the quota.
-mkdir "$cg/limit" && echo "100000 100000" >"$cg/limit/cpu.max"
-sh -c "$enter" "$cg/limit" env GST_DEBUG=cpuguard:5 GST_DEBUG_NO_COLOR=1 "$bin" --interval 250 --load-source cgroup \
+# A cpu-limit drain: the same recording, in a group of the VM's 2 CPUs
+# squeezed, once it records, to half of what it uses (a node that runs out
+# of CPU), so that it saturates the quota whatever this machine's speed.
+# Not less: the drain then runs on that quota too, within its timeout.
+# Under emulation the encoder's start-up alone fills one CPU for about a
+# second (the sigterm case's first samples read 0.87, 1.00, 0.94 of one CPU):
+# 2 CPUs and 500 ms samples keep it under the hard threshold.
+mkdir "$cg/limit" && echo "200000 100000" >"$cg/limit/cpu.max"
+sh -c "$enter" "$cg/limit" env GST_DEBUG=cpuguard:5 GST_DEBUG_NO_COLOR=1 "$bin" --interval 500 --load-source cgroup \
   $rec location="$out/limit.mp4" >"$out/limit.json" 2>"$out/limit.err" &
 pid=$!
-samples "$out/limit.err" 8
-echo "25000 100000" >"$cg/limit/cpu.max"
+samples "$out/limit.err" 6 $pid
+usage() { awk '$1 == "usage_usec" { print $2 }' "$cg/limit/cpu.stat"; }
+used=$(usage)
+sleep 1 # the rate of use over one second
+used=$(($(usage) - used))
+# Per 100 ms period a tenth of the µs used in the second, then half of
+# that, in whole 100 µs (the result gives capacities to 0.001 CPU); never
+# under the kernel's 1 ms minimum.
+quota=$((used / 20 / 100 * 100))
+[ "$quota" -ge 1000 ] || quota=1000
+echo "$used" >"$out/limit.used"
+echo "$quota 100000" >"$cg/limit/cpu.max"
 limits limit "$cg/limit"
 wait $pid
 echo $? >"$out/limit.rc"
