@@ -274,10 +274,11 @@ pub struct Report {
 }
 
 impl Report {
-    /// A FAILED result the supervisor makes itself, for a run that could not
-    /// say (a worker killed or crashed, a job that never ran): what it did
-    /// not see is null or empty.
-    pub fn failed(
+    /// A result the supervisor makes itself, for a run that could not say (a
+    /// worker killed or crashed, a job that never ran): what it did not see
+    /// is null or empty. Its status and exit code follow from `reason`, as a
+    /// run's own do (every caller's reason fails).
+    pub fn unsaid(
         pipeline: &str,
         cpuguard_elements: &[String],
         reason: &RunReason,
@@ -285,7 +286,7 @@ impl Report {
         ended: &Stamp,
     ) -> Report {
         Report {
-            status: State::Failed,
+            status: reason.status(),
             reason: reason.as_str().to_owned(),
             end_reason: reason.description(),
             started_at: started.rfc3339(),
@@ -296,7 +297,7 @@ impl Report {
             error: None,
             error_source: None,
             error_debug: None,
-            exit_code: crate::exit::FAILED,
+            exit_code: reason.exit_code(),
             pipeline: pipeline.to_owned(),
             cpuguard_elements: cpuguard_elements.to_vec(),
             load_source: None,

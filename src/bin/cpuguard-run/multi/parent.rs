@@ -915,7 +915,7 @@ fn made_report(
             .as_ref()
             .map(|muxers| muxers.iter().map(|m| m.clone().escalated(None)).collect()),
         // A worker serves no metrics: the parent's summary says where it does.
-        ..Report::failed(
+        ..Report::unsaid(
             &w.job.description,
             &w.job.cpuguard_elements,
             reason,
@@ -932,7 +932,7 @@ fn unstarted_report(job: &Job, reason: RunReason, error: String) -> Report {
     Report {
         error: (!error.is_empty()).then_some(error),
         crash_safe: job.crash_safe.clone(),
-        ..Report::failed(
+        ..Report::unsaid(
             &job.description,
             &job.cpuguard_elements,
             &reason,
