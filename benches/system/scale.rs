@@ -35,23 +35,16 @@ struct Run {
     meter_us: f64,
 }
 
-/// Processes whose parent is `pid` (from `/proc/*/stat`).
+/// The processes `pid`'s main thread started: the parent spawns its
+/// workers from its main loop, on that thread.
 fn children_of(pid: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|child| {
-            // The command name may hold spaces and parentheses: the fields
-            // after it start behind the last ')'.
-            fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
-                    == Some(pid)
-            })
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|text| {
+            text.split_whitespace()
+                .filter_map(|child| child.parse().ok())
+                .collect()
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 /// Each worker's sampler thread, once all `workers` of them run one.
