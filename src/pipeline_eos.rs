@@ -51,16 +51,27 @@ pub enum Origin {
     Pull(gst::Element),
 }
 
-/// The origins of `top`'s data. A source nested inside an element that has
-/// sink pads (hlsdemux's fragment downloaders) is that element's business:
-/// the element's own output pads stand for it.
-pub fn origins(top: &gst::Element) -> Vec<Origin> {
-    let sources: Vec<gst::Element> = match top.downcast_ref::<gst::Bin>() {
+/// The elements `top`'s data starts from: every element below it flagged
+/// as a source (bins excepted), or `top` itself when it stands alone. One
+/// walk of the pipeline, which [`origins`] and [`Survey`] share.
+fn sources(top: &gst::Element) -> Vec<gst::Element> {
+    match top.downcast_ref::<gst::Bin>() {
         Some(bin) => elements_below(bin, |e| {
             e.element_flags().contains(gst::ElementFlags::SOURCE) && !e.is::<gst::Bin>()
         }),
         None => vec![top.clone()],
-    };
+    }
+}
+
+/// The origins of `top`'s data. A source nested inside an element that has
+/// sink pads (hlsdemux's fragment downloaders) is that element's business:
+/// the element's own output pads stand for it.
+pub fn origins(top: &gst::Element) -> Vec<Origin> {
+    origins_of(top, sources(top))
+}
+
+/// [`origins`] of `top`, given its [`sources`].
+fn origins_of(top: &gst::Element, sources: Vec<gst::Element>) -> Vec<Origin> {
     let mut origins = Vec::new();
     let mut feeders: Vec<gst::Element> = Vec::new();
     for source in sources {
@@ -110,13 +121,15 @@ where
     F: Fn(&gst::Pad) + Clone + Send + Sync + 'static,
 {
     let eos = gst::event::Eos::new();
-    let mut origins = origins(top);
+    let sources = sources(top);
+    let live = any_live(&sources);
+    let mut origins = origins_of(top, sources);
     // Work that is not live has no "now" but what it has processed: media
     // queued ahead (a download buffer, decodebin's multiqueue) is not
     // recorded yet, and an EOS behind it would let the whole input through.
     // So the EOS also goes out of every queue. A live pipeline's queues hold
     // what was captured, which the recording must keep.
-    if !is_live(top) {
+    if !live {
         origins.extend(queue_outputs(top).into_iter().map(Origin::Push));
     }
     let count = origins.len();
@@ -245,7 +258,11 @@ const NATURAL_END_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(3);
 /// taken as ending: its EOS flag says nothing of what its puller has still
 /// to read. Pad flags and queries only: it never waits on a stream lock.
 pub fn natural_end_under_way(top: &gst::Element) -> bool {
-    let origins = origins(top);
+    ends_by_itself(top, &origins(top))
+}
+
+/// [`natural_end_under_way`] of `top`, given its [`origins`].
+fn ends_by_itself(top: &gst::Element, origins: &[Origin]) -> bool {
     let all_ended = !origins.is_empty()
         && origins.iter().all(|o| match o {
             Origin::Push(pad) => pad.pad_flags().contains(gst::PadFlags::EOS),
@@ -263,23 +280,55 @@ pub fn natural_end_under_way(top: &gst::Element) -> bool {
     left.is_none_or(|left| left <= NATURAL_END_BACKLOG)
 }
 
-/// Whether `top` is live: one of its sources is a live source (a
-/// `GstBaseSrc` in live mode: a capture, `is-live=true`), so data arrives in
-/// real time and the CPU it takes is the cost of keeping up. A pipeline that
-/// mixes a live capture with a file is live. (The latency query would say the
-/// same only through sinks that sync: `filesink` does not, and answers "not
-/// live" for a live recording.)
-pub fn is_live(top: &gst::Element) -> bool {
-    fn live(e: &gst::Element) -> bool {
-        e.downcast_ref::<gst_base::BaseSrc>()
+/// Whether a pipeline with these `sources` is live: one of them is a live
+/// source (a `GstBaseSrc` in live mode: a capture, `is-live=true`), so data
+/// arrives in real time and the CPU it takes is the cost of keeping up. A
+/// pipeline that mixes a live capture with a file is live. (The latency query
+/// would say the same only through sinks that sync: `filesink` does not, and
+/// answers "not live" for a live recording.)
+fn any_live(sources: &[gst::Element]) -> bool {
+    sources.iter().any(|source| {
+        source
+            .downcast_ref::<gst_base::BaseSrc>()
             .is_some_and(|src| src.is_live())
+    })
+}
+
+/// What a sampling round asks of a pipeline, from one walk of its sources:
+/// whether it is ending by itself ([`natural_end_under_way`]) and whether it
+/// is live ([`any_live`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Survey {
+    pub ending_by_itself: bool,
+    pub live: bool,
+}
+
+impl Survey {
+    pub fn of(top: &gst::Element) -> Survey {
+        let sources = sources(top);
+        let live = any_live(&sources);
+        Survey {
+            ending_by_itself: ends_by_itself(top, &origins_of(top, sources)),
+            live,
+        }
     }
-    match top.downcast_ref::<gst::Bin>() {
-        Some(bin) => !elements_below(bin, |e| {
-            e.element_flags().contains(gst::ElementFlags::SOURCE) && live(e)
-        })
-        .is_empty(),
-        None => live(top),
+}
+
+/// The surveys of one sampling round, one per pipeline: every cpuguard in a
+/// pipeline asks the same questions of it, and a walk each would make the
+/// round grow with the square of the cpuguards in a pipeline.
+#[derive(Debug, Default)]
+pub struct Surveys(Vec<(gst::Element, Survey)>);
+
+impl Surveys {
+    /// `top`'s survey, taken at its first call in this round.
+    pub fn of(&mut self, top: &gst::Element) -> Survey {
+        if let Some((_, survey)) = self.0.iter().find(|(seen, _)| seen == top) {
+            return *survey;
+        }
+        let survey = Survey::of(top);
+        self.0.push((top.clone(), survey));
+        survey
     }
 }
 

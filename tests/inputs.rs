@@ -488,6 +488,92 @@ fn a_transcode_is_not_drained_on_load_by_default() {
     );
 }
 
+/// One sampling round serves the cpuguards of every pipeline in a process
+/// that measure the same thing, and looks at each pipeline for itself: under
+/// the same high load, a live recording drains, while work that is not live,
+/// in another pipeline sampled in the same rounds, is left to run and says why.
+#[test]
+fn one_round_judges_each_pipeline_by_its_own_sources() {
+    init();
+    let host = FakeHost::new(0.99);
+    let guard = format!(
+        "cpuguard load-source=system root={} interval=100",
+        host.root_str()
+    );
+    let launch = |description: String| {
+        Stopped(
+            gst::parse::launch(&description)
+                .unwrap()
+                .downcast::<gst::Pipeline>()
+                .unwrap(),
+        )
+    };
+    let live = launch(format!(
+        "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=10/1 \
+         ! {guard} ! fakesink"
+    ));
+    // Not live, but paced to real time by its sink: it runs all along.
+    let paced = launch(format!(
+        "videotestsrc ! video/x-raw,width=64,height=48,framerate=10/1 \
+         ! {guard} ! fakesink sync=true"
+    ));
+    for pipeline in [&live, &paced] {
+        pipeline.0.set_state(gst::State::Playing).unwrap();
+    }
+
+    let messages = run_until_end(&live.0, Duration::from_secs(60));
+    assert!(
+        matches!(
+            messages.last().map(|m| m.view()),
+            Some(gst::MessageView::Eos(_))
+        ),
+        "the live recording did not drain: {:?}",
+        messages.last()
+    );
+    let drain = drain_message(&messages);
+    assert_eq!(drain.get::<&str>("reason").unwrap(), "cpu-limit");
+
+    // The other pipeline: what it said until now, then five samples more.
+    let bus = paced.0.bus().unwrap();
+    let mut said: Vec<gst::Message> = std::iter::from_fn(|| bus.pop()).collect();
+    for _ in 0..5 {
+        let next = wait_for(&bus, Duration::from_secs(30), |m| {
+            is_element_message(m, "cpuguard-load")
+                || is_element_message(m, "cpuguard-drain")
+                || matches!(
+                    m.view(),
+                    gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+                )
+        })
+        .expect("the work that is not live stopped being sampled");
+        let load = is_element_message(&next, "cpuguard-load");
+        said.push(next);
+        if !load {
+            break;
+        }
+    }
+    let ended: Vec<String> = said
+        .iter()
+        .filter(|m| {
+            is_element_message(m, "cpuguard-drain")
+                || matches!(
+                    m.view(),
+                    gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+                )
+        })
+        .map(|m| format!("{m:?}"))
+        .collect();
+    assert!(
+        ended.is_empty(),
+        "work that is not live was ended: {ended:?}"
+    );
+    let warned = said.iter().any(|m| match m.view() {
+        gst::MessageView::Warning(w) => w.error().to_string().contains("not live"),
+        _ => false,
+    });
+    assert!(warned, "no warning said why the work was not drained");
+}
+
 /// A drain that cannot start says why, on the bus.
 #[test]
 fn a_refused_drain_says_why() {

@@ -3,6 +3,10 @@
 //! 100 ms, extrapolated to seconds per hour. The baseline is the same process
 //! running the same pipelines without cpuguard: no sampler thread, and the
 //! process CPU the guarded runs are compared with.
+//!
+//! Then many cpuguards in one pipeline, one per branch: a round asks each of
+//! them about its pipeline (is it ending by itself, is it live), and doubling
+//! the cpuguards must at most double the round, never square it.
 
 use std::thread;
 use std::time::Duration;
@@ -127,6 +131,83 @@ fn run_once(v: &Variant, window: Duration) -> Result<Sample, String> {
     result
 }
 
+/// Branches of the one pipeline, each with its cpuguard: baseline, then twice as many.
+const BRANCHES: [usize; 2] = [16, 32];
+const BRANCH_INTERVAL_MS: u64 = 100;
+
+fn branches(n: usize) -> String {
+    (0..n)
+        .map(|_| {
+            format!(
+                "videotestsrc is-live=true pattern=black ! \
+                 video/x-raw,width=64,height=48,framerate=5/1 ! queue ! \
+                 cpuguard dry-run=true interval={BRANCH_INTERVAL_MS} ! fakesink "
+            )
+        })
+        .collect()
+}
+
+/// The sampler thread's CPU per sample (µs) with one pipeline of `n` branches.
+fn per_sample_us(n: usize, window: Duration) -> Result<f64, String> {
+    let pipeline = launch(&branches(n))?;
+    let result = (|| {
+        play(&pipeline)?;
+        // Past the first sample, which only sets the baseline.
+        thread::sleep(Duration::from_millis(BRANCH_INTERVAL_MS + 300));
+        let meters = threads_named("self", SAMPLER_THREAD_NAME);
+        let [meter] = meters.as_slice() else {
+            return Err(format!(
+                "{} {SAMPLER_THREAD_NAME} threads with {n} cpuguards in one pipeline",
+                meters.len()
+            ));
+        };
+        let before = thread_cpu_ns("self", meter)?;
+        thread::sleep(window);
+        let after = thread_cpu_ns("self", meter)?;
+        let samples = window.as_secs_f64() * 1e3 / BRANCH_INTERVAL_MS as f64;
+        Ok(after.saturating_sub(before) as f64 / 1e3 / samples)
+    })();
+    stop(&pipeline);
+    result
+}
+
+/// The row and details of many cpuguards in one pipeline.
+fn one_pipeline(window: Duration, rounds: usize) -> Result<(Row, String), String> {
+    let runs = interleaved(&BRANCHES, rounds, |&n| per_sample_us(n, window))?;
+    let [base, double] = [median(&runs[0]), median(&runs[1])];
+    let ratio = double / base;
+    let list = |runs: &[f64]| {
+        runs.iter()
+            .map(|us| format!("{us:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let [few, many] = BRANCHES;
+    let row = Row {
+        item: "2. Sampler cost",
+        measure: format!(
+            "`cpuguard-meter` CPU per sample, cpuguards in one pipeline ({BRANCH_INTERVAL_MS} ms)"
+        ),
+        baseline: format!("{few} cpuguards: {base:.0} µs"),
+        result: format!("{many} cpuguards: {double:.0} µs"),
+        figure: format!("{many}/{few} = {ratio:.2}×"),
+        target: "≤ 2× (linear in cpuguards)",
+        met: Some(ratio <= 2.0),
+    };
+    let details = format!(
+        "\nOne pipeline of {few} and of {many} branches (`videotestsrc is-live=true` 64x48 at \
+         5 fps ! queue ! cpuguard dry-run=true interval={BRANCH_INTERVAL_MS} ! fakesink), \
+         {rounds} interleaved rounds, {:.0} s windows; the sampler thread's CPU per sample, \
+         median: {few}: {base:.0} µs ({}), {many}: {double:.0} µs ({}). A round asks every \
+         cpuguard whether its pipeline is ending by itself and whether it is live; one look at \
+         the pipeline per round serves all of its cpuguards.\n",
+        window.as_secs_f64(),
+        list(&runs[0]),
+        list(&runs[1]),
+    );
+    Ok((row, details))
+}
+
 pub struct Outcome {
     pub rows: Vec<Row>,
     pub details: String,
@@ -221,5 +302,8 @@ pub fn measure(window: Duration, rounds: usize) -> Result<Outcome, String> {
             ));
         }
     }
+    let (row, text) = one_pipeline(window, rounds)?;
+    rows.push(row);
+    details.push_str(&text);
     Ok(Outcome { rows, details })
 }

@@ -227,8 +227,8 @@ impl sampler::Member for super::CpuGuard {
         self.name().to_string()
     }
 
-    fn facts(&self) -> MemberFacts {
-        self.imp().facts()
+    fn facts(&self, surveys: &mut drain::Surveys) -> MemberFacts {
+        self.imp().facts(surveys)
     }
 
     fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64) {
@@ -318,16 +318,19 @@ impl CpuGuard {
         }
     }
 
-    /// What the shared sampler needs to know before it decides.
-    fn facts(&self) -> MemberFacts {
+    /// What the shared sampler needs to know before it decides; `surveys`
+    /// holds this round's look at each pipeline, shared with the other
+    /// cpuguards in it.
+    fn facts(&self, surveys: &mut drain::Surveys) -> MemberFacts {
         let (dry_run, drain_non_live) = {
             let settings = lock(&self.settings);
             (settings.dry_run, settings.drain_non_live)
         };
-        // Looked at before taking the state lock: they walk the pipeline.
-        let top = drain::top_level(self.obj().upcast_ref());
-        let by_itself = self.ending_by_itself(top.as_ref());
-        let exempt = !drain_non_live && top.as_ref().is_some_and(|top| !drain::is_live(top));
+        // Looked at before taking the state lock: it walks the pipeline.
+        let survey = drain::top_level(self.obj().upcast_ref()).map(|top| surveys.of(&top));
+        let by_itself =
+            self.ending_by_itself(|| survey.is_some_and(|survey| survey.ending_by_itself));
+        let exempt = !drain_non_live && survey.is_some_and(|survey| !survey.live);
         self.exempt_non_live.store(exempt, Ordering::Relaxed);
         let mut state = lock(&self.state);
         let drain = state.as_mut().and_then(|state| state.drain.as_mut());
@@ -490,7 +493,7 @@ impl CpuGuard {
         let settings = self.settings();
         let obj = self.obj();
         let top = drain::top_level(obj.upcast_ref());
-        if self.ending_by_itself(top.as_ref()) {
+        if self.ending_by_itself(|| top.as_ref().is_some_and(drain::natural_end_under_way)) {
             gst::info!(
                 CAT,
                 imp = self,
@@ -1211,9 +1214,10 @@ impl CpuGuard {
 
     /// The EOS went through this element, or every source of the pipeline has
     /// already sent its own: a natural end, which a drain must not turn into
-    /// a stop (nor shorten).
-    fn ending_by_itself(&self, top: Option<&gst::Element>) -> bool {
-        self.stream_ended.load(Ordering::SeqCst) || top.is_some_and(drain::natural_end_under_way)
+    /// a stop (nor shorten). `sources_ended` tells the second, and is only
+    /// asked when the first is not so.
+    fn ending_by_itself(&self, sources_ended: impl FnOnce() -> bool) -> bool {
+        self.stream_ended.load(Ordering::SeqCst) || sources_ended()
     }
 
     fn has_drain(&self) -> bool {

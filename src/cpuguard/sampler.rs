@@ -26,6 +26,7 @@ use super::threads::{CpuUse, StreamingThreads};
 use crate::coordinator::{Candidate, Coordinator, Decision, Victim};
 use crate::hostwide::Scope;
 use crate::load::{CpuRequest, HostPaths, LoadError, LoadMeter, LoadSample, LoadSourceKind};
+use crate::pipeline_eos::Surveys;
 use crate::policy::{ConfigError, PolicyConfig, START_UP_SAMPLES, Verdict};
 
 /// Name of every sampler thread (at most 15 bytes: what /proc shows as `comm`).
@@ -77,7 +78,9 @@ pub(super) enum RegisterError {
 pub(super) trait Member {
     /// For the log.
     fn label(&self) -> String;
-    fn facts(&self) -> MemberFacts;
+    /// Its state; `surveys` is the round's look at each pipeline, which
+    /// every member in the same pipeline shares.
+    fn facts(&self, surveys: &mut Surveys) -> MemberFacts;
     fn on_sample(&self, id: u64, sample: &LoadSample, cpu: f64);
     fn on_sample_error(&self, id: u64, err: &LoadError, first: bool);
     fn on_coordination_warning(&self, id: u64, text: &str);
@@ -302,9 +305,10 @@ impl Group {
         let now = Instant::now();
         if now >= lock(&self.state).due {
             let members = self.members();
+            let mut surveys = Surveys::default();
             let facts: HashMap<u64, MemberFacts> = members
                 .iter()
-                .map(|(id, element)| (*id, element.facts()))
+                .map(|(id, element)| (*id, element.facts(&mut surveys)))
                 .collect();
             let outcome = lock(&self.state).sample(self, now, &facts);
             self.deliver(outcome, &members);
