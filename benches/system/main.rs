@@ -13,6 +13,7 @@
 mod cgroup;
 mod clock;
 mod crash_safe;
+mod launcher;
 mod per_buffer;
 mod pipeline;
 mod reaction;
@@ -79,6 +80,10 @@ const QUICK: Plan = Plan {
 };
 
 fn main() -> ExitCode {
+    // Before anything grows this process: see launcher.rs.
+    if let Some(code) = launcher::run_if_launcher() {
+        return code;
+    }
     let set_up = gst::init()
         .map_err(|e| e.to_string())
         .and_then(|()| gstcpuguard::plugin_register_static().map_err(|e| e.to_string()));

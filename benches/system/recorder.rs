@@ -2,14 +2,15 @@
 //! with SIGTERM) and by `gst-launch-1.0 -e` (stopped with SIGINT): time from
 //! the signal to the process's exit, its peak RSS, and whether the file plays.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::launcher::Launched;
 use crate::pipeline::{launch, play, stop, wait_eos};
 use crate::report::Row;
 use crate::stats::{interleaved, median};
@@ -38,38 +39,21 @@ fn pipeline(guard: bool, file: &Path) -> Vec<String> {
     .collect()
 }
 
-fn command(tool: Tool, file: &Path) -> Command {
-    let mut cmd = match tool {
-        Tool::CpuguardRun => {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_cpuguard-run"));
-            // Measure only: a busy shared machine must not drain on load.
-            cmd.arg("--dry-run").args(pipeline(true, file));
-            cmd
-        }
-        Tool::GstLaunch => {
-            let mut cmd = Command::new("gst-launch-1.0");
-            cmd.arg("-e").args(pipeline(false, file));
-            cmd
-        }
+/// The program and its arguments: the same recording either way.
+fn command(tool: Tool, file: &Path) -> (OsString, Vec<OsString>) {
+    let (program, mut args) = match tool {
+        // Measure only: a busy shared machine must not drain on load.
+        Tool::CpuguardRun => (
+            env!("CARGO_BIN_EXE_cpuguard-run"),
+            vec!["--dry-run".to_owned()],
+        ),
+        Tool::GstLaunch => ("gst-launch-1.0", vec!["-e".to_owned()]),
     };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd
-}
-
-/// Reaps `pid` and returns its exit status and peak RSS (KiB). std's `wait`
-/// gives no rusage, and /proc/<pid>/status is gone once the process exits.
-fn wait_with_rusage(pid: i32) -> Result<(i32, i64), String> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data that wait4 fills; both pointers are valid
-    // for the duration of the call.
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    let reaped = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
-    if reaped != pid {
-        return Err(format!("wait4({pid}): {}", std::io::Error::last_os_error()));
-    }
-    Ok((status, usage.ru_maxrss))
+    args.extend(pipeline(tool == Tool::CpuguardRun, file));
+    (
+        program.into(),
+        args.into_iter().map(OsString::from).collect(),
+    )
 }
 
 fn run_once(tool: Tool, record_for: Duration, dir: &Path, round: usize) -> Result<Run, String> {
@@ -78,21 +62,20 @@ fn run_once(tool: Tool, record_for: Duration, dir: &Path, round: usize) -> Resul
         Tool::GstLaunch => "gst-launch",
     };
     let file = dir.join(format!("{name}-{round}.mp4"));
-    let child = command(tool, &file)
-        .spawn()
-        .map_err(|e| format!("cannot start {name}: {e}"))?;
-    let pid = child.id() as i32;
+    // Through a launcher, so that its peak RSS is its own (launcher.rs).
+    let (program, args) = command(tool, &file);
+    let child = Launched::spawn(&program, &args).map_err(|e| format!("{name}: {e}"))?;
     thread::sleep(record_for);
     let signal = match tool {
         Tool::CpuguardRun => Signal::SIGTERM,
         Tool::GstLaunch => Signal::SIGINT,
     };
     let sent = Instant::now();
-    kill(Pid::from_raw(pid), signal).map_err(|e| format!("{name}: cannot send {signal}: {e}"))?;
-    let (status, max_rss_kib) = wait_with_rusage(pid)?;
+    kill(Pid::from_raw(child.pid), signal)
+        .map_err(|e| format!("{name}: cannot send {signal}: {e}"))?;
+    let ended = child.wait().map_err(|e| format!("{name}: {e}"))?;
     let signal_to_exit = sent.elapsed();
-    // Reaped above; dropping the handle neither waits nor kills.
-    drop(child);
+    let status = ended.status;
     if !(nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0) {
         return Err(format!(
             "{name} ended with wait status {status:#x} after {signal}"
@@ -101,7 +84,7 @@ fn run_once(tool: Tool, record_for: Duration, dir: &Path, round: usize) -> Resul
     plays(&file).map_err(|e| format!("{name}'s {} does not play: {e}", file.display()))?;
     Ok(Run {
         signal_to_exit,
-        max_rss_kib,
+        max_rss_kib: ended.max_rss_kib,
     })
 }
 

@@ -8,8 +8,12 @@
 //! them about its pipeline (is it ending by itself, is it live), and doubling
 //! the cpuguards must at most double the round, never square it.
 
+use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use gstcpuguard::cpuguard::SAMPLER_THREAD_NAME;
 
@@ -134,6 +138,8 @@ fn run_once(v: &Variant, window: Duration) -> Result<Sample, String> {
 /// Branches of the one pipeline, each with its cpuguard: baseline, then twice as many.
 const BRANCHES: [usize; 2] = [16, 32];
 const BRANCH_INTERVAL_MS: u64 = 100;
+/// How long cpuguard-run may take to start its sampler thread.
+const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
 fn branches(n: usize) -> String {
     (0..n)
@@ -147,28 +153,46 @@ fn branches(n: usize) -> String {
         .collect()
 }
 
-/// The sampler thread's CPU per sample (µs) with one pipeline of `n` branches.
+/// The sampler thread's CPU per sample (µs) with one pipeline of `n`
+/// branches, run by `cpuguard-run --dry-run` in a process of its own: 32
+/// branches would raise this process's peak RSS, which every child spawned
+/// after it inherits in its `ru_maxrss` (item 5 reads that).
 fn per_sample_us(n: usize, window: Duration) -> Result<f64, String> {
-    let pipeline = launch(&branches(n))?;
-    let result = (|| {
-        play(&pipeline)?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cpuguard-run"))
+        .arg("--dry-run")
+        .args(branches(n).split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start cpuguard-run: {e}"))?;
+    let pid = child.id().to_string();
+    let measured = (|| {
+        let started = Instant::now();
+        let meter = loop {
+            if let [meter] = threads_named(&pid, SAMPLER_THREAD_NAME).as_slice() {
+                break meter.clone();
+            }
+            if started.elapsed() > STARTUP_LIMIT {
+                return Err(format!(
+                    "no {SAMPLER_THREAD_NAME} thread with {n} cpuguards after {} s",
+                    STARTUP_LIMIT.as_secs()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
         // Past the first sample, which only sets the baseline.
         thread::sleep(Duration::from_millis(BRANCH_INTERVAL_MS + 300));
-        let meters = threads_named("self", SAMPLER_THREAD_NAME);
-        let [meter] = meters.as_slice() else {
-            return Err(format!(
-                "{} {SAMPLER_THREAD_NAME} threads with {n} cpuguards in one pipeline",
-                meters.len()
-            ));
-        };
-        let before = thread_cpu_ns("self", meter)?;
+        let before = thread_cpu_ns(&pid, &meter)?;
         thread::sleep(window);
-        let after = thread_cpu_ns("self", meter)?;
+        let after = thread_cpu_ns(&pid, &meter)?;
         let samples = window.as_secs_f64() * 1e3 / BRANCH_INTERVAL_MS as f64;
         Ok(after.saturating_sub(before) as f64 / 1e3 / samples)
     })();
-    stop(&pipeline);
-    result
+    // Stopped whatever happened, so that no run outlives the bench.
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+    let _ = child.wait();
+    measured
 }
 
 /// The row and details of many cpuguards in one pipeline.
@@ -196,8 +220,8 @@ fn one_pipeline(window: Duration, rounds: usize) -> Result<(Row, String), String
     };
     let details = format!(
         "\nOne pipeline of {few} and of {many} branches (`videotestsrc is-live=true` 64x48 at \
-         5 fps ! queue ! cpuguard dry-run=true interval={BRANCH_INTERVAL_MS} ! fakesink), \
-         {rounds} interleaved rounds, {:.0} s windows; the sampler thread's CPU per sample, \
+         5 fps ! queue ! cpuguard dry-run=true interval={BRANCH_INTERVAL_MS} ! fakesink) run \
+         by `cpuguard-run --dry-run`, {rounds} interleaved rounds, {:.0} s windows; the sampler thread's CPU per sample, \
          median: {few}: {base:.0} µs ({}), {many}: {double:.0} µs ({}). A round asks every \
          cpuguard whether its pipeline is ending by itself and whether it is live; one look at \
          the pipeline per round serves all of its cpuguards.\n",
