@@ -230,12 +230,7 @@ fn run_and_stop(
     stop: impl FnOnce(&gst::Pipeline),
 ) -> (Vec<gst::Message>, Duration) {
     init();
-    let pipeline = Stopped(
-        gst::parse::launch(description)
-            .unwrap_or_else(|e| panic!("{description}: {e}"))
-            .downcast::<gst::Pipeline>()
-            .unwrap(),
-    );
+    let pipeline = Stopped::launch(description);
     let pipeline = &pipeline.0;
     pipeline.set_state(gst::State::Playing).unwrap();
     let started = Instant::now();
@@ -271,6 +266,17 @@ fn run_and_stop(
 /// A pipeline set to NULL when dropped, also when a test fails midway:
 /// dropping one still PLAYING can crash the whole test binary.
 struct Stopped(gst::Pipeline);
+
+impl Stopped {
+    fn launch(description: &str) -> Self {
+        Stopped(
+            gst::parse::launch(description)
+                .unwrap_or_else(|e| panic!("{description}: {e}"))
+                .downcast::<gst::Pipeline>()
+                .unwrap(),
+        )
+    }
+}
 
 impl Drop for Stopped {
     fn drop(&mut self) {
@@ -401,12 +407,7 @@ every_stop! {
 /// WARNING, why it was not drained; the samples keep coming.
 fn non_live_is_not_drained_on_load(description: &str, out: &Path, expected: Duration) {
     init();
-    let pipeline = Stopped(
-        gst::parse::launch(description)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap(),
-    );
+    let pipeline = Stopped::launch(description);
     pipeline.0.set_state(gst::State::Playing).unwrap();
     let messages = run_until_end(&pipeline.0, Duration::from_secs(120));
     drop(pipeline);
@@ -500,20 +501,12 @@ fn one_round_judges_each_pipeline_by_its_own_sources() {
         "cpuguard load-source=system root={} interval=100",
         host.root_str()
     );
-    let launch = |description: String| {
-        Stopped(
-            gst::parse::launch(&description)
-                .unwrap()
-                .downcast::<gst::Pipeline>()
-                .unwrap(),
-        )
-    };
-    let live = launch(format!(
+    let live = Stopped::launch(&format!(
         "videotestsrc is-live=true ! video/x-raw,width=64,height=48,framerate=10/1 \
          ! {guard} ! fakesink"
     ));
     // Not live, but paced to real time by its sink: it runs all along.
-    let paced = launch(format!(
+    let paced = Stopped::launch(&format!(
         "videotestsrc ! video/x-raw,width=64,height=48,framerate=10/1 \
          ! {guard} ! fakesink sync=true"
     ));
