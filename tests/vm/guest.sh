@@ -33,15 +33,21 @@ member() {
   sh -c "$enter" "$@"
 }
 
-# samples FILE N PID: waits (bounded) until cpuguard logged N samples in
-# FILE, or until process PID has ended (it will log no more).
-samples() {
+# logged FILE PATTERN N PID: waits (bounded) until cpuguard logged N lines
+# matching PATTERN in FILE, or until process PID has ended (it will log no
+# more).
+logged() {
   n=0
-  until [ "$(grep -c 'Sample: load' "$1")" -ge "$2" ] || ! kill -0 "$3" 2>/dev/null ||
+  until [ "$(grep -c "$2" "$1")" -ge "$3" ] || ! kill -0 "$4" 2>/dev/null ||
     [ $n -ge 1200 ]; do
     sleep 0.1
     n=$((n + 1))
   done
+}
+
+# samples FILE N PID: the same for N samples.
+samples() {
+  logged "$1" 'Sample: load' "$2" "$3"
 }
 
 short="videotestsrc is-live=true num-buffers=12 ! video/x-raw,width=64,height=48,framerate=6/1 ! cpuguard ! fakesink"
@@ -95,12 +101,10 @@ sh -c "$enter" "$cg/resize" env GST_DEBUG=cpuguard:5 GST_DEBUG_NO_COLOR=1 "$bin"
   >"$out/resize.json" 2>"$out/resize.err" &
 pid=$!
 # Wait on cpuguard's own sample lines (bounded), not on time.
-n=0
-until grep -q 'capacity 0.25 CPUs' "$out/resize.err" || [ $n -ge 1200 ]; do sleep 0.1; n=$((n + 1)); done
+logged "$out/resize.err" 'capacity 0.25 CPUs' 1 $pid
 echo "200000 100000" >"$cg/resize/cpu.max"
 limits resize "$cg/resize"
-n=0
-until grep -q 'capacity 2.00 CPUs' "$out/resize.err" || [ $n -ge 1200 ]; do sleep 0.1; n=$((n + 1)); done
+logged "$out/resize.err" 'capacity 2.00 CPUs' 1 $pid
 kill -TERM $pid # cpuguard-run itself: member and env exec it
 wait $pid
 echo $? >"$out/resize.rc"
