@@ -154,9 +154,9 @@ fn branches(n: usize) -> String {
 }
 
 /// The sampler thread's CPU per sample (µs) with one pipeline of `n`
-/// branches, run by `cpuguard-run --dry-run` in a process of its own: 32
-/// branches would raise this process's peak RSS, which every child spawned
-/// after it inherits in its `ru_maxrss` (item 5 reads that).
+/// branches, run by `cpuguard-run --dry-run` as a deployment runs it, in a
+/// process of its own (in this one, 32 branches would also raise the bench's
+/// peak RSS for the rest of the run).
 fn per_sample_us(n: usize, window: Duration) -> Result<f64, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cpuguard-run"))
         .arg("--dry-run")
@@ -221,8 +221,9 @@ fn one_pipeline(window: Duration, rounds: usize) -> Result<(Row, String), String
     let details = format!(
         "\nOne pipeline of {few} and of {many} branches (`videotestsrc is-live=true` 64x48 at \
          5 fps ! queue ! cpuguard dry-run=true interval={BRANCH_INTERVAL_MS} ! fakesink) run \
-         by `cpuguard-run --dry-run`, {rounds} interleaved rounds, {:.0} s windows; the sampler thread's CPU per sample, \
-         median: {few}: {base:.0} µs ({}), {many}: {double:.0} µs ({}). A round asks every \
+         by `cpuguard-run --dry-run`, {rounds} interleaved rounds, {:.0} s windows; the \
+         sampler thread's CPU per sample, median: {few}: {base:.0} µs ({}), {many}: \
+         {double:.0} µs ({}). A round asks every \
          cpuguard whether its pipeline is ending by itself and whether it is live; one look at \
          the pipeline per round serves all of its cpuguards.\n",
         window.as_secs_f64(),
