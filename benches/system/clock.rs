@@ -1,11 +1,13 @@
-//! CPU clocks: this process, one of its threads, another process.
+//! CPU clocks: this process, one of its threads, another process; and
+//! waiting, bounded, for the threads a measurement reads to appear.
 //!
 //! Thread and process CPU come from `schedstat` (nanoseconds on CPU) rather
 //! than `stat`'s utime+stime, whose 10 ms clock ticks are far too coarse for
 //! a thread that works for microseconds per second.
 
 use std::fs;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 
@@ -14,6 +16,27 @@ pub fn process_cpu() -> Duration {
     clock_gettime(ClockId::CLOCK_PROCESS_CPUTIME_ID)
         .map(Duration::from)
         .unwrap_or_default()
+}
+
+/// How long a process may take to start the threads a measurement reads (a
+/// bound against a hang, not a measurement).
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Calls `probe` every `step` until it gives `Ok`, for at most `limit`; past
+/// that, its last `Err`.
+pub fn poll<T, E>(
+    limit: Duration,
+    step: Duration,
+    mut probe: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let started = Instant::now();
+    loop {
+        match probe() {
+            Ok(found) => return Ok(found),
+            Err(not_yet) if started.elapsed() > limit => return Err(not_yet),
+            Err(_) => thread::sleep(step),
+        }
+    }
 }
 
 /// Threads of `pid` whose name (`comm`) is `name`.

@@ -111,15 +111,16 @@ pub fn smoke(buffers: u64) -> Result<(), String> {
         });
     play(&pipeline)?;
     // A thread names itself once it runs: give the new sampler a moment.
-    let named = std::time::Instant::now();
-    let meters = loop {
+    let meters = crate::clock::poll(Duration::from_secs(5), Duration::from_millis(10), || {
         let meters =
             crate::clock::threads_named("self", gstcpuguard::cpuguard::SAMPLER_THREAD_NAME);
-        if !meters.is_empty() || named.elapsed() > Duration::from_secs(5) {
-            break meters;
+        if meters.is_empty() {
+            Err(meters)
+        } else {
+            Ok(meters)
         }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    })
+    .unwrap_or_else(|none| none);
     let ended = wait_eos(&pipeline, Duration::from_secs(10));
     stop(&pipeline);
     ended?;

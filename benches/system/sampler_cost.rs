@@ -10,14 +10,14 @@
 
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use gstcpuguard::cpuguard::SAMPLER_THREAD_NAME;
 
-use crate::clock::{process_cpu, thread_cpu_ns, threads_named};
+use crate::clock::{STARTUP_LIMIT, poll, process_cpu, thread_cpu_ns, threads_named};
 use crate::pipeline::{launch, play, stop};
 use crate::report::Row;
 use crate::stats::{interleaved, median};
@@ -138,8 +138,6 @@ fn run_once(v: &Variant, window: Duration) -> Result<Sample, String> {
 /// Branches of the one pipeline, each with its cpuguard: baseline, then twice as many.
 const BRANCHES: [usize; 2] = [16, 32];
 const BRANCH_INTERVAL_MS: u64 = 100;
-/// How long cpuguard-run may take to start its sampler thread.
-const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
 fn branches(n: usize) -> String {
     (0..n)
@@ -168,19 +166,17 @@ fn per_sample_us(n: usize, window: Duration) -> Result<f64, String> {
         .map_err(|e| format!("cannot start cpuguard-run: {e}"))?;
     let pid = child.id().to_string();
     let measured = (|| {
-        let started = Instant::now();
-        let meter = loop {
-            if let [meter] = threads_named(&pid, SAMPLER_THREAD_NAME).as_slice() {
-                break meter.clone();
-            }
-            if started.elapsed() > STARTUP_LIMIT {
-                return Err(format!(
+        let meter = poll(
+            STARTUP_LIMIT,
+            Duration::from_millis(20),
+            || match threads_named(&pid, SAMPLER_THREAD_NAME).as_slice() {
+                [meter] => Ok(meter.clone()),
+                _ => Err(format!(
                     "no {SAMPLER_THREAD_NAME} thread with {n} cpuguards after {} s",
                     STARTUP_LIMIT.as_secs()
-                ));
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
+                )),
+            },
+        )?;
         // Past the first sample, which only sets the baseline.
         thread::sleep(Duration::from_millis(BRANCH_INTERVAL_MS + 300));
         let before = thread_cpu_ns(&pid, &meter)?;

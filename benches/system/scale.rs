@@ -11,12 +11,12 @@ use std::fs;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::clock::{live_threads_cpu_ns, thread_cpu_ns, threads_named};
+use crate::clock::{STARTUP_LIMIT, live_threads_cpu_ns, poll, thread_cpu_ns, threads_named};
 use crate::report::Row;
 use crate::stats::{interleaved, median};
 
@@ -24,9 +24,6 @@ const WORKERS: [usize; 3] = [1, 4, 16];
 const INTERVAL_MS: u64 = 100;
 const WORKER: &str = "videotestsrc is-live=true pattern=black ! \
                       video/x-raw,width=64,height=48,framerate=5/1 ! cpuguard ! fakesink";
-/// How long the workers and their sampler threads may take to appear (a
-/// bound against a hang, not a measurement).
-const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
 struct Run {
     /// The parent's CPU per sampling interval, all workers together.
@@ -49,8 +46,7 @@ fn children_of(pid: i32) -> Vec<i32> {
 
 /// Each worker's sampler thread, once all `workers` of them run one.
 fn meters(parent: i32, workers: usize) -> Result<Vec<(String, String)>, String> {
-    let started = Instant::now();
-    loop {
+    poll(STARTUP_LIMIT, Duration::from_millis(50), || {
         let found: Vec<(String, String)> = children_of(parent)
             .into_iter()
             .filter_map(|pid| {
@@ -64,15 +60,12 @@ fn meters(parent: i32, workers: usize) -> Result<Vec<(String, String)>, String> 
         if found.len() == workers {
             return Ok(found);
         }
-        if started.elapsed() > STARTUP_LIMIT {
-            return Err(format!(
-                "{} of {workers} workers run a sampler thread after {} s",
-                found.len(),
-                STARTUP_LIMIT.as_secs()
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+        Err(format!(
+            "{} of {workers} workers run a sampler thread after {} s",
+            found.len(),
+            STARTUP_LIMIT.as_secs()
+        ))
+    })
 }
 
 fn meter_cpu_ns(meters: &[(String, String)]) -> Result<Vec<u64>, String> {
