@@ -252,14 +252,7 @@ fn run_and_stop(
     let ran = started.elapsed();
     stop(pipeline);
     seen.extend(run_until_end(pipeline, HANG));
-    assert!(
-        matches!(
-            seen.last().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "{description}: no EOS: {:?}",
-        seen.last()
-    );
+    assert_ends_with_eos(&seen, &format!("{description}: no EOS"));
     (seen, ran)
 }
 
@@ -411,14 +404,7 @@ fn non_live_is_not_drained_on_load(description: &str, out: &Path, expected: Dura
     pipeline.0.set_state(gst::State::Playing).unwrap();
     let messages = run_until_end(&pipeline.0, Duration::from_secs(120));
     drop(pipeline);
-    assert!(
-        matches!(
-            messages.last().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "{:?}",
-        messages.last()
-    );
+    assert_ends_with_eos(&messages, "no EOS");
     assert!(
         !messages
             .iter()
@@ -515,14 +501,7 @@ fn one_round_judges_each_pipeline_by_its_own_sources() {
     }
 
     let messages = run_until_end(&live.0, Duration::from_secs(60));
-    assert!(
-        matches!(
-            messages.last().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "the live recording did not drain: {:?}",
-        messages.last()
-    );
+    assert_ends_with_eos(&messages, "the live recording did not drain");
     let drain = drain_message(&messages);
     assert_eq!(drain.get::<&str>("reason").unwrap(), "cpu-limit");
 

@@ -50,14 +50,7 @@ fn drain_action_finalizes_audio_and_video_branches() {
     assert!(guard.emit_by_name::<bool>("drain", &[&"stop-requested"]));
     let msgs = run_until_end(&pipeline, Duration::from_secs(30));
     pipeline.set_state(gst::State::Null).unwrap();
-    assert!(
-        matches!(
-            msgs.last().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "pipeline did not reach EOS: {:?}",
-        msgs.last()
-    );
+    assert_ends_with_eos(&msgs, "pipeline did not reach EOS");
     assert!(requested.elapsed() < Duration::from_secs(10));
     let drain = msgs
         .iter()
@@ -173,14 +166,7 @@ fn completed_drain_posts_no_timeout_error() {
     let guard = pipeline.by_name("guard").unwrap();
     assert!(guard.emit_by_name::<bool>("drain", &[&"stop-requested"]));
     let msgs = run_until_end(&pipeline, Duration::from_secs(10));
-    assert!(
-        matches!(
-            msgs.last().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "{:?}",
-        msgs.last()
-    );
+    assert_ends_with_eos(&msgs, "no EOS");
     // Stay PLAYING past the timeout: a finished drain must not turn into an ERROR.
     let bus = pipeline.bus().unwrap();
     let late = wait_for(&bus, Duration::from_millis(2500), |m| {

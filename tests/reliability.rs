@@ -17,7 +17,8 @@ mod supervised;
 
 use burner::Burner;
 use common::{
-    FakeHost, exclusive_cpu, init, is_element_message, machine, run_until_end, seed, structure_of,
+    FakeHost, assert_ends_with_eos, exclusive_cpu, init, is_element_message, machine,
+    run_until_end, seed, structure_of,
 };
 use gst::prelude::*;
 use nix::sys::signal::Signal;
@@ -398,14 +399,7 @@ fn element_lets_a_natural_end_finish() {
         }
         let msgs = run_until_end(&pipeline, HANG);
         pipeline.set_state(gst::State::Null).unwrap();
-        assert!(
-            matches!(
-                msgs.last().map(|m| m.view()),
-                Some(gst::MessageView::Eos(_))
-            ),
-            "{:?}",
-            msgs.last()
-        );
+        assert_ends_with_eos(&msgs, "no EOS");
         let drained = msgs
             .iter()
             .find(|m| is_element_message(m, "cpuguard-drain"));

@@ -241,6 +241,20 @@ pub fn structure_of(msg: &gst::Message) -> gst::Structure {
     msg.structure().expect("message has a structure").to_owned()
 }
 
+/// Asserts that `messages` (as [`run_until_end`] collects them) end with EOS,
+/// not with an ERROR or a timeout; `what` says what that EOS stands for.
+#[track_caller]
+pub fn assert_ends_with_eos(messages: &[gst::Message], what: &str) {
+    assert!(
+        matches!(
+            messages.last().map(|m| m.view()),
+            Some(gst::MessageView::Eos(_))
+        ),
+        "{what}: {:?}",
+        messages.last()
+    );
+}
+
 /// Runs `pipeline` until EOS or ERROR (or `timeout`), collecting every message seen.
 pub fn run_until_end(pipeline: &gst::Pipeline, timeout: Duration) -> Vec<gst::Message> {
     let bus = pipeline.bus().expect("pipeline bus");
