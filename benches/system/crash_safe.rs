@@ -12,7 +12,7 @@ use gst::prelude::*;
 
 use crate::clock::process_cpu;
 use crate::pipeline::{launch, play, stop, wait_eos};
-use crate::report::Row;
+use crate::report::{Row, listed};
 use crate::stats::{interleaved, median};
 
 const VIDEO: &str = "video/x-raw,width=320,height=240,framerate=30/1";
@@ -169,21 +169,9 @@ pub fn measure(seconds: u64, rounds: usize, scratch: &Path) -> Result<Outcome, S
          of CPU per second recorded. The size overhead is \
          the fragments' headers (moof/traf/trun per 250 ms) and the mfra index; the absolute \
          figure (B/s) does not depend on the bitrate, the percentage does.\n",
-        runs[0]
-            .iter()
-            .map(|r| format!("{:.0}", per_buffer_ns(r)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        runs[2]
-            .iter()
-            .map(|r| format!("{:.0}", per_buffer_ns(r)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        listed(runs[0].iter().map(per_buffer_ns), 0),
+        listed(runs[2].iter().map(per_buffer_ns), 0),
+        listed(ratios.iter().copied(), 2),
         buffers as f64 / seconds as f64,
     );
     Ok(Outcome { rows, details })

@@ -7,7 +7,7 @@ use gst::prelude::*;
 
 use crate::clock::process_cpu;
 use crate::pipeline::{launch, play, stop, wait_eos};
-use crate::report::Row;
+use crate::report::{Row, listed};
 use crate::stats::{interleaved, median};
 
 /// dry-run: on a busy machine a real drain would end the stream early.
@@ -82,11 +82,7 @@ pub fn measure(buffers: u64, rounds: usize) -> Result<Outcome, String> {
          (CLOCK_PROCESS_CPUTIME_ID) from PLAYING to EOS. Median CPU per buffer: no element \
          {none:.1} ns, identity {identity:.1} ns, cpuguard {guard:.1} ns. The figure is the \
          median of each round's ratio (cpuguard added / identity added): {}.\n",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(ratios.iter().copied(), 2)
     );
     Ok(Outcome { rows, details })
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use crate::pipeline::{element_message, launch, play, stop};
-use crate::report::Row;
+use crate::report::{Row, listed};
 use crate::stats::median;
 
 const INTERVAL_MS: u64 = 200;
@@ -168,11 +168,7 @@ pub fn measure(rounds: usize) -> Result<Outcome, String> {
          of the sampling window, so the window it starts in may or may not already read over \
          soft: the reaction is between (hold − 1) and (hold + 1) intervals by design.\n",
         reaction * 1e3,
-        from_burn
-            .iter()
-            .map(|t| format!("{:.0}", t * 1e3))
-            .collect::<Vec<_>>()
-            .join(", "),
+        listed(from_burn.iter().map(|t| t * 1e3), 0),
         after_first * 1e3,
         f64::from(HOLD - 1) * interval * 1e3,
         triggers.join(", ")

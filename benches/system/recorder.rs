@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 
 use crate::launcher::Launched;
 use crate::pipeline::{launch, play, stop, wait_eos};
-use crate::report::Row;
+use crate::report::{Row, listed};
 use crate::stats::{interleaved, median};
 
 #[derive(Clone, Copy, PartialEq)]
@@ -143,12 +143,7 @@ pub fn measure(record_for: Duration, rounds: usize, dir: &Path) -> Result<Outcom
             met: Some(rss_ratio <= 1.1),
         },
     ];
-    let list = |v: &[f64], scale: f64| {
-        v.iter()
-            .map(|x| format!("{:.1}", x * scale))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = |v: &[f64], scale: f64| listed(v.iter().map(|x| x * scale), 1);
     let details = format!(
         "Recording {:.0} s before the signal, {rounds} interleaved rounds; every file checked \
          with `qtdemux` to its end. Pipeline: `{}` (cpuguard-run with `cpuguard !` after \

@@ -16,6 +16,16 @@ pub struct Row {
     pub met: Option<bool>,
 }
 
+/// `values` with `decimals` digits each, as a details paragraph lists a
+/// measurement's rounds: "1.2, 3.4".
+pub fn listed(values: impl IntoIterator<Item = f64>, decimals: usize) -> String {
+    values
+        .into_iter()
+        .map(|value| format!("{value:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| item | measure | baseline (same run) | cpuguard | figure | target | met |\n\

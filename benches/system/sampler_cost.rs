@@ -19,7 +19,7 @@ use gstcpuguard::cpuguard::SAMPLER_THREAD_NAME;
 
 use crate::clock::{STARTUP_LIMIT, poll, process_cpu, thread_cpu_ns, threads_named};
 use crate::pipeline::{launch, play, stop};
-use crate::report::Row;
+use crate::report::{Row, listed};
 use crate::stats::{interleaved, median};
 
 const DEFAULT_INTERVAL_MS: u64 = 1000;
@@ -196,12 +196,6 @@ fn one_pipeline(window: Duration, rounds: usize) -> Result<(Row, String), String
     let runs = interleaved(&BRANCHES, rounds, |&n| per_sample_us(n, window))?;
     let [base, double] = [median(&runs[0]), median(&runs[1])];
     let ratio = double / base;
-    let list = |runs: &[f64]| {
-        runs.iter()
-            .map(|us| format!("{us:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let [few, many] = BRANCHES;
     let row = Row {
         item: "2. Sampler cost",
@@ -223,8 +217,8 @@ fn one_pipeline(window: Duration, rounds: usize) -> Result<(Row, String), String
          cpuguard whether its pipeline is ending by itself and whether it is live; one look at \
          the pipeline per round serves all of its cpuguards.\n",
         window.as_secs_f64(),
-        list(&runs[0]),
-        list(&runs[1]),
+        listed(runs[0].iter().copied(), 0),
+        listed(runs[1].iter().copied(), 0),
     );
     Ok((row, details))
 }

@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::clock::{STARTUP_LIMIT, live_threads_cpu_ns, poll, thread_cpu_ns, threads_named};
-use crate::report::Row;
+use crate::report::{Row, listed};
 use crate::stats::{interleaved, median};
 
 const WORKERS: [usize; 3] = [1, 4, 16];
@@ -155,15 +155,7 @@ pub fn measure(settle: Duration, window: Duration, rounds: usize) -> Result<Outc
         Ok(run.parent_us)
     })?;
     let parent: Vec<f64> = parent.iter().map(|v| median(v)).collect();
-    let meter_rounds: Vec<String> = meter
-        .iter()
-        .map(|v| {
-            v.iter()
-                .map(|x| format!("{x:.1}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect();
+    let meter_rounds: Vec<String> = meter.iter().map(|v| listed(v.iter().copied(), 1)).collect();
     let meter: Vec<f64> = meter.iter().map(|v| median(v)).collect();
     let growth = |v: &[f64]| {
         WORKERS
