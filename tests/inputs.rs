@@ -506,16 +506,18 @@ fn one_round_judges_each_pipeline_by_its_own_sources() {
     assert_eq!(drain.get::<&str>("reason").unwrap(), "cpu-limit");
 
     // The other pipeline: what it said until now, then five samples more.
+    let ends_it = |m: &gst::Message| {
+        is_element_message(m, "cpuguard-drain")
+            || matches!(
+                m.view(),
+                gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+            )
+    };
     let bus = paced.0.bus().unwrap();
     let mut said: Vec<gst::Message> = std::iter::from_fn(|| bus.pop()).collect();
     for _ in 0..5 {
         let next = wait_for(&bus, Duration::from_secs(30), |m| {
-            is_element_message(m, "cpuguard-load")
-                || is_element_message(m, "cpuguard-drain")
-                || matches!(
-                    m.view(),
-                    gst::MessageView::Eos(_) | gst::MessageView::Error(_)
-                )
+            is_element_message(m, "cpuguard-load") || ends_it(m)
         })
         .expect("the work that is not live stopped being sampled");
         let load = is_element_message(&next, "cpuguard-load");
@@ -526,13 +528,7 @@ fn one_round_judges_each_pipeline_by_its_own_sources() {
     }
     let ended: Vec<String> = said
         .iter()
-        .filter(|m| {
-            is_element_message(m, "cpuguard-drain")
-                || matches!(
-                    m.view(),
-                    gst::MessageView::Eos(_) | gst::MessageView::Error(_)
-                )
-        })
+        .filter(|m| ends_it(m))
         .map(|m| format!("{m:?}"))
         .collect();
     assert!(
